@@ -1,0 +1,787 @@
+"""Storage for var_keeper: connections, schema and every SQL statement.
+
+Two stores share one interface (:class:`Store`): :class:`MySQLStore` for production (MySQL 8.x and
+MariaDB 10.6+) and :class:`SQLiteStore`, the embedded default. They differ only where the SQL
+dialect does. The views in ``app.py`` call the store and never see a connection or a query.
+
+Connections are per thread and opened lazily, after gunicorn has forked: never one connection
+shared by threads, never one inherited from a parent process. Every statement is parameterized;
+the only identifier ever put into SQL text (the database name in ``CREATE DATABASE``) is
+validated against a strict pattern first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import select
+import sqlite3
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import click
+from flask import Flask, current_app
+
+log = logging.getLogger("var_keeper.db")
+
+MAX_NAME_CHARS = 255
+# The name column holds UTF-8 bytes: 4 bytes a character at most.
+_NAME_COLUMN_BYTES = MAX_NAME_CHARS * 4
+_DATABASE_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+_LOCK_NAME = "var_keeper.schema"
+
+
+# --- What the store speaks
+
+
+@dataclass(frozen=True, slots=True)
+class Variable:
+    """One stored variable. ``value`` is None when a listing did not ask for values."""
+
+    name: str
+    value: str | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What a write did: the variable's new version, and whether it created the variable."""
+
+    version: int
+    created: bool
+
+
+class StoreError(Exception):
+    """Base class of everything a store raises on purpose."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached, timed out, or its schema is not ready yet."""
+
+
+class _ConnectionLost(StoreUnavailable):
+    """The connection broke under a statement."""
+
+
+class PreconditionFailed(StoreError):
+    """A conditional write found the variable in another state than the caller expected."""
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseURL:
+    """A parsed ``DATABASE_URL``. ``str()`` of it never shows the password."""
+
+    scheme: str
+    host: str = ""
+    port: int = 3306
+    user: str = ""
+    password: str = ""
+    database: str = ""
+    path: str = ""
+
+    @classmethod
+    def parse(cls, url: str, password_file: str | None = None) -> DatabaseURL:
+        parts = urlsplit(url)
+        scheme = parts.scheme.split("+", 1)[0].lower()
+        if scheme == "sqlite":
+            # sqlite:///relative/or/absolute: everything after "sqlite://" is the file path.
+            path = unquote(url.split("://", 1)[1])
+            if not path or path == "/":
+                raise ValueError("DATABASE_URL sqlite:///PATH needs a file path")
+            return cls(scheme="sqlite", path=path[1:] if path.startswith("//") else path)
+        if scheme not in ("mysql", "mariadb"):
+            raise ValueError(
+                f"DATABASE_URL must start with mysql:// or sqlite:///, not {parts.scheme or '(none)'}://"
+            )
+        database = unquote(parts.path.lstrip("/")) or "vars"
+        if not _DATABASE_NAME.match(database):
+            raise ValueError("the database name in DATABASE_URL may use only letters, digits and _")
+        password = unquote(parts.password or "")
+        if password_file:
+            password = Path(password_file).read_text(encoding="utf-8").rstrip("\r\n")
+        try:
+            port = parts.port or 3306
+        except ValueError as exc:
+            raise ValueError("the port in DATABASE_URL is not a number") from exc
+        return cls(
+            scheme="mysql",
+            host=parts.hostname or "127.0.0.1",
+            port=port,
+            user=unquote(parts.username or "root"),
+            password=password,
+            database=database,
+        )
+
+    def __str__(self) -> str:
+        if self.scheme == "sqlite":
+            return f"sqlite:///{self.path}"
+        secret = ":***" if self.password else ""
+        return f"mysql://{self.user}{secret}@{self.host}:{self.port}/{self.database}"
+
+
+def next_prefix(prefix: str) -> str | None:
+    """The smallest string greater than every string that starts with ``prefix``.
+
+    Both stores order names by code point (UTF-8 bytes in MySQL's VARBINARY, SQLite's BINARY
+    collation), so ``prefix <= name < next_prefix(prefix)`` is an index range scan. None means
+    there is no upper bound.
+    """
+    chars = list(prefix)
+    while chars:
+        code = ord(chars.pop()) + 1
+        if code == 0xD800:  # surrogates cannot be encoded: skip them
+            code = 0xE000
+        if code <= 0x10FFFF:
+            return "".join(chars) + chr(code)
+    return None
+
+
+class Store(ABC):
+    """What the HTTP layer may ask of a database."""
+
+    kind: str
+
+    def __init__(self, url: DatabaseURL) -> None:
+        self.url = url
+        self._ready = False
+        self._init_lock = threading.Lock()
+
+    # Lifecycle
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    def ensure_ready(self) -> None:
+        """Create or migrate the schema once per process; StoreUnavailable until that is done."""
+        if self._ready:
+            return
+        if not self._init_lock.acquire(timeout=0.5):
+            raise StoreUnavailable(
+                "the service is starting up: the database schema is being prepared"
+            )
+        try:
+            if not self._ready:
+                outcome = self._init_schema()
+                self._ready = True
+                log.info("store ready: %s (schema %s)", self.url, outcome)
+        finally:
+            self._init_lock.release()
+
+    def wait_until_ready(self, stop: threading.Event, max_delay: float = 10.0) -> None:
+        """Retry ``ensure_ready`` with backoff, logging while the database is not reachable."""
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                self.ensure_ready()
+                return
+            except StoreUnavailable as exc:
+                log.warning(
+                    "waiting for the database at %s: %s (retrying in %.1fs)", self.url, exc, delay
+                )
+            stop.wait(delay)
+            delay = min(delay * 2, max_delay)
+
+    @abstractmethod
+    def _init_schema(self) -> str:
+        """Create or upgrade the schema; return "created", "migrated" or "up to date"."""
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise StoreUnavailable unless the database answers a query."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close this thread's connection, if any."""
+
+    # Reads
+
+    @abstractmethod
+    def get(self, name: str) -> Variable | None: ...
+
+    @abstractmethod
+    def get_many(self, names: Sequence[str]) -> list[Variable]: ...
+
+    @abstractmethod
+    def list(self, prefix: str, after: str | None, limit: int, with_values: bool) -> list[Variable]:
+        """Variables whose names start with ``prefix`` and sort after ``after``, in name order."""
+
+    # Writes
+
+    @abstractmethod
+    def put(
+        self,
+        name: str,
+        value: str,
+        *,
+        if_version: int | None = None,
+        if_absent: bool = False,
+        if_exists: bool = False,
+    ) -> WriteResult:
+        """Store ``value``; with a condition, only if the variable is at ``if_version``, does not
+        exist (``if_absent``) or exists (``if_exists``). A failed condition raises
+        PreconditionFailed; the check and the write are one atomic statement."""
+
+    @abstractmethod
+    def delete(self, name: str, *, if_version: int | None = None, if_exists: bool = False) -> bool:
+        """Delete the variable; False if there was none. With a condition (at ``if_version``,
+        or existing at all), raise PreconditionFailed instead of returning False."""
+
+
+# --- MySQL / MariaDB
+
+# MySQL 8's default utf8mb4_0900_ai_ci does not exist on MariaDB (before 11.4) and MariaDB 11's
+# uca1400 collations do not exist on MySQL; utf8mb4_unicode_ci exists on both. Names are compared
+# as bytes anyway (VARBINARY), values are stored with utf8mb4_bin: no collation ever merges two
+# distinct strings.
+MYSQL_CHARSET = "utf8mb4"
+MYSQL_COLLATION = "utf8mb4_unicode_ci"
+MYSQL_SQL_MODE = ",".join(
+    ("STRICT_ALL_TABLES", "NO_ZERO_IN_DATE", "NO_ZERO_DATE", "NO_ENGINE_SUBSTITUTION")
+)
+_MYSQL_TABLE = f"""
+CREATE TABLE IF NOT EXISTS vars (
+    name VARBINARY({_NAME_COLUMN_BYTES}) NOT NULL,
+    value LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    version BIGINT UNSIGNED NOT NULL DEFAULT 1,
+    created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    PRIMARY KEY (name)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
+"""
+# The tutorial's table: vars(id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(100),
+# value VARCHAR(100), UNIQUE (name)), in the server's default character set (latin1 on older
+# MariaDB). CONVERT re-encodes both columns to utf8mb4 before the name becomes bytes, so every
+# existing row stays readable; its id column stays, unused.
+_MYSQL_MIGRATIONS = (
+    "ALTER TABLE vars CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+    "UPDATE vars SET value = '' WHERE value IS NULL",
+    f"""ALTER TABLE vars
+        MODIFY name VARBINARY({_NAME_COLUMN_BYTES}) NULL,
+        MODIFY value LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+        ADD COLUMN version BIGINT UNSIGNED NOT NULL DEFAULT 1,
+        ADD COLUMN created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+        ADD COLUMN updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)""",
+)
+_COLUMNS = "name, value, version, created_at, updated_at"
+_META_COLUMNS = "name, NULL, version, created_at, updated_at"
+
+# Client error codes that mean the connection is gone (and the server codes it sends on KILL and
+# on wait_timeout before closing).
+_CONNECTION_LOST = {2006, 2013, 2055, 1927, 4031, 1053}
+_TIMEOUTS = {1205, 3024, 1969}  # lock wait timeout; MySQL / MariaDB statement time limit
+
+
+class MySQLStore(Store):
+    kind = "mysql"
+
+    def __init__(self, url: DatabaseURL, connect_timeout: int, statement_timeout: int) -> None:
+        super().__init__(url)
+        import mysql.connector  # imported here so that the SQLite default needs no MySQL driver
+
+        self._mysql = mysql.connector
+        self._errors = mysql.connector.errors
+        self._connect_timeout = connect_timeout
+        self._statement_timeout = statement_timeout
+        self._local = threading.local()
+        log.info(
+            "mysql-connector-python %s, C extension %s",
+            mysql.connector.__version__,
+            "loaded" if mysql.connector.HAVE_CEXT else "not loaded: using the pure-Python protocol",
+        )
+
+    # Connections
+
+    def _connect(self, database: str | None) -> Any:
+        args: dict[str, Any] = {
+            "host": self.url.host,
+            "port": self.url.port,
+            "user": self.url.user,
+            "password": self.url.password,
+            "charset": MYSQL_CHARSET,
+            "collation": MYSQL_COLLATION,
+            "autocommit": True,
+            "sql_mode": MYSQL_SQL_MODE,
+            "time_zone": "+00:00",
+            "connection_timeout": self._connect_timeout,
+            "read_timeout": self._statement_timeout,
+            "write_timeout": self._statement_timeout,
+        }
+        if database:
+            args["database"] = database
+        try:
+            return self._mysql.connect(**args)
+        except self._errors.Error as exc:
+            raise StoreUnavailable(_describe(exc)) from exc
+
+    def _connection(self) -> Any:
+        """This thread's connection, opened now if it has none or the server closed it."""
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is not None and (local.pid != os.getpid() or not _idle_alive(conn, local.used)):
+            self._discard(close=local.pid == os.getpid())
+            conn = None
+        if conn is None:
+            conn = self._connect(self.url.database)
+            local.conn, local.pid = conn, os.getpid()
+        local.used = time.monotonic()
+        return conn
+
+    def _discard(self, close: bool = True) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None and close:
+            try:
+                conn.close()
+            except self._errors.Error as exc:  # a broken connection may fail to close: it is gone
+                log.debug("closing a broken connection: %s", exc)
+
+    def close(self) -> None:
+        self._discard()
+
+    @contextmanager
+    def _cursor(self) -> Iterator[Any]:
+        """A cursor on this thread's connection, with the driver's errors mapped to ours."""
+        conn = self._connection()
+        try:
+            cursor = conn.cursor()
+            try:
+                yield cursor
+            finally:
+                cursor.close()
+        except self._errors.Error as exc:
+            errno = getattr(exc, "errno", None)
+            if errno in _CONNECTION_LOST or isinstance(exc, self._errors.InterfaceError):
+                self._discard()
+                raise _ConnectionLost(_describe(exc)) from exc
+            if errno in _TIMEOUTS:
+                self._discard()  # the statement may still hold the connection busy
+                raise StoreUnavailable(f"the database timed out ({_describe(exc)})") from exc
+            if isinstance(exc, self._errors.OperationalError):
+                raise StoreUnavailable(_describe(exc)) from exc
+            raise
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read. A read may safely run twice, so a lost connection is replaced and the
+        read retried once; a write is never retried (see ``_execute``)."""
+        try:
+            with self._cursor() as cur:
+                cur.execute(sql, params)
+                return cur.fetchall()
+        except _ConnectionLost:
+            with self._cursor() as cur:
+                cur.execute(sql, params)
+                return cur.fetchall()
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> tuple[int, int | None]:
+        """Run one write statement; return (affected rows, last insert id).
+
+        Not retried: a connection lost mid-write leaves the outcome unknown, and guessing could
+        apply a write twice. The caller gets a 503; an idle connection the server had closed is
+        already replaced before the statement by ``_connection``.
+        """
+        with self._cursor() as cur:
+            cur.execute(sql, params)
+            return cur.rowcount, cur.lastrowid
+
+    # Schema
+
+    def _init_schema(self) -> str:
+        try:
+            conn = self._connect(self.url.database)
+        except StoreUnavailable as exc:
+            if getattr(exc.__cause__, "errno", None) != 1049:  # anything but "Unknown database"
+                raise
+            self._create_database()
+            conn = self._connect(self.url.database)
+        try:
+            cur = conn.cursor()
+            # Several workers and replicas start together: one of them migrates, the others wait.
+            cur.execute("SELECT GET_LOCK(%s, 60)", (_LOCK_NAME,))
+            if cur.fetchone()[0] != 1:
+                raise StoreUnavailable(
+                    "timed out waiting for another instance to prepare the schema"
+                )
+            try:
+                return self._create_or_migrate(cur)
+            finally:
+                cur.execute("SELECT RELEASE_LOCK(%s)", (_LOCK_NAME,))
+                cur.fetchall()
+        except self._errors.Error as exc:
+            raise StoreUnavailable(_describe(exc)) from exc
+        finally:
+            conn.close()
+
+    def _create_database(self) -> None:
+        conn = self._connect(None)
+        try:
+            # Identifiers cannot be parameters; DatabaseURL.parse allowed only [A-Za-z0-9_].
+            conn.cursor().execute(
+                f"CREATE DATABASE IF NOT EXISTS `{self.url.database}` "
+                f"CHARACTER SET {MYSQL_CHARSET} COLLATE {MYSQL_COLLATION}"
+            )
+            log.info("created database %s", self.url.database)
+        except self._errors.Error as exc:
+            raise StoreUnavailable(
+                f"database {self.url.database!r} is missing and could not be created: "
+                f"{_describe(exc)}"
+            ) from exc
+        finally:
+            conn.close()
+
+    def _create_or_migrate(self, cur: Any) -> str:
+        cur.execute(
+            "SELECT COLUMN_NAME FROM information_schema.COLUMNS "
+            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'vars'"
+        )
+        columns = {str(row[0]).lower() for row in cur.fetchall()}
+        if not columns:
+            cur.execute(_MYSQL_TABLE)
+            return "created"
+        if "version" in columns:
+            return "up to date"
+        log.info("migrating the tutorial's vars table in place")
+        for statement in _MYSQL_MIGRATIONS:
+            cur.execute(statement)
+        return "migrated"
+
+    def ping(self) -> None:
+        self._query("SELECT 1")
+
+    # Reads
+
+    def get(self, name: str) -> Variable | None:
+        rows = self._query(f"SELECT {_COLUMNS} FROM vars WHERE name = %s", (name.encode(),))
+        return _variable(rows[0]) if rows else None
+
+    def get_many(self, names: Sequence[str]) -> list[Variable]:
+        if not names:
+            return []
+        marks = ", ".join(["%s"] * len(names))
+        rows = self._query(
+            f"SELECT {_COLUMNS} FROM vars WHERE name IN ({marks}) ORDER BY name",
+            [n.encode() for n in names],
+        )
+        return [_variable(r) for r in rows]
+
+    def list(self, prefix: str, after: str | None, limit: int, with_values: bool) -> list[Variable]:
+        sql, params = _list_query(prefix, after, limit, with_values, "%s", lambda s: s.encode())
+        return [_variable(r) for r in self._query(sql, params)]
+
+    # Writes
+
+    def put(
+        self,
+        name: str,
+        value: str,
+        *,
+        if_version: int | None = None,
+        if_absent: bool = False,
+        if_exists: bool = False,
+    ) -> WriteResult:
+        key = name.encode()
+        if if_version is not None:
+            changed, _ = self._execute(
+                "UPDATE vars SET value = %s, version = version + 1, updated_at = UTC_TIMESTAMP(6) "
+                "WHERE name = %s AND version = %s",
+                (value, key, if_version),
+            )
+            if not changed:
+                raise PreconditionFailed(name)
+            return WriteResult(if_version + 1, created=False)
+        if not if_absent:
+            updated = self._update(key, value)
+            if updated is not None:
+                return updated
+            if if_exists:
+                raise PreconditionFailed(name)
+        while True:
+            try:
+                self._execute(
+                    "INSERT INTO vars (name, value, version, created_at, updated_at) "
+                    "VALUES (%s, %s, 1, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))",
+                    (key, value),
+                )
+                return WriteResult(1, created=True)
+            except self._errors.IntegrityError as exc:
+                if exc.errno != 1062:
+                    raise
+                if if_absent:
+                    raise PreconditionFailed(name) from exc
+            # Another writer created it between our UPDATE and INSERT: update it after all.
+            updated = self._update(key, value)
+            if updated is not None:
+                return updated
+
+    def _update(self, key: bytes, value: str) -> WriteResult | None:
+        # LAST_INSERT_ID(expr) hands the new version back in the OK packet: no second query.
+        changed, new_version = self._execute(
+            "UPDATE vars SET value = %s, version = LAST_INSERT_ID(version + 1), "
+            "updated_at = UTC_TIMESTAMP(6) WHERE name = %s",
+            (value, key),
+        )
+        return WriteResult(int(new_version or 0), created=False) if changed else None
+
+    def delete(self, name: str, *, if_version: int | None = None, if_exists: bool = False) -> bool:
+        if if_version is None:
+            changed, _ = self._execute("DELETE FROM vars WHERE name = %s", (name.encode(),))
+        else:
+            changed, _ = self._execute(
+                "DELETE FROM vars WHERE name = %s AND version = %s", (name.encode(), if_version)
+            )
+        if not changed and (if_exists or if_version is not None):
+            raise PreconditionFailed(name)
+        return bool(changed)
+
+
+def _idle_alive(conn: Any, last_used: float) -> bool:
+    """False if the server has closed an idle connection (restart, KILL, wait_timeout).
+
+    An idle MySQL connection never has anything to read, so a readable socket means EOF or a
+    farewell error packet. This costs one poll() and no round trip, unlike ping(). The C
+    extension hides its socket: there a ping, only after a second of idleness.
+    """
+    sock = getattr(getattr(conn, "_socket", None), "sock", None)
+    if sock is None:
+        return time.monotonic() - last_used < 1.0 or conn.is_connected()
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable
+
+
+def _describe(exc: Exception) -> str:
+    """A one-line account of a driver error, without anything secret."""
+    errno = getattr(exc, "errno", None)
+    msg = getattr(exc, "msg", None) or str(exc)
+    text = f"{errno}: {msg}" if errno else msg
+    return " ".join(text.split())
+
+
+def _utc(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC)
+    return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
+
+
+def _variable(row: Sequence[Any]) -> Variable:
+    name, value, version, created_at, updated_at = row
+    if isinstance(name, bytes | bytearray):
+        name = bytes(name).decode()
+    return Variable(name, value, int(version), _utc(created_at), _utc(updated_at))
+
+
+def _list_query(
+    prefix: str,
+    after: str | None,
+    limit: int,
+    with_values: bool,
+    mark: str,
+    encode: Callable[[str], Any],
+) -> tuple[str, list[Any]]:
+    """A keyset-paginated range scan over the name index, in either dialect."""
+    where: list[str] = []
+    params: list[Any] = []
+    if prefix:
+        where.append(f"name >= {mark}")
+        params.append(encode(prefix))
+        upper = next_prefix(prefix)
+        if upper is not None:
+            where.append(f"name < {mark}")
+            params.append(encode(upper))
+    if after is not None:
+        where.append(f"name > {mark}")
+        params.append(encode(after))
+    columns = _COLUMNS if with_values else _META_COLUMNS
+    sql = f"SELECT {columns} FROM vars"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += f" ORDER BY name LIMIT {mark}"
+    params.append(limit)
+    return sql, params
+
+
+# --- SQLite
+
+_SQLITE_NOW = "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+_SQLITE_TABLE = f"""
+CREATE TABLE IF NOT EXISTS vars (
+    name TEXT NOT NULL PRIMARY KEY,
+    value TEXT NOT NULL,
+    version INTEGER NOT NULL DEFAULT 1,
+    created_at TEXT NOT NULL DEFAULT ({_SQLITE_NOW}),
+    updated_at TEXT NOT NULL DEFAULT ({_SQLITE_NOW})
+) WITHOUT ROWID
+"""
+
+
+class SQLiteStore(Store):
+    """The embedded default: one file, WAL mode, safe with several gunicorn workers."""
+
+    kind = "sqlite"
+
+    def __init__(self, url: DatabaseURL, busy_timeout: float) -> None:
+        super().__init__(url)
+        self._busy_timeout = busy_timeout
+        self._local = threading.local()
+
+    def _connection(self) -> sqlite3.Connection:
+        local = self._local
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
+        if conn is None or local.pid != os.getpid():
+            conn = sqlite3.connect(self.url.path, timeout=self._busy_timeout, isolation_level=None)
+            # FULL: an acknowledged write survives a power cut too, not only a crash.
+            conn.execute("PRAGMA synchronous = FULL")
+            local.conn, local.pid = conn, os.getpid()
+        return conn
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            conn.close()
+
+    def _run(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        try:
+            return self._connection().execute(sql, params)
+        except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk I/O, ...
+            raise StoreUnavailable(f"sqlite: {exc}") from exc
+
+    def _init_schema(self) -> str:
+        path = Path(self.url.path)
+        existed = path.exists()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot create {path.parent}: {exc}") from exc
+        self._run("PRAGMA journal_mode = WAL")
+        self._run(_SQLITE_TABLE)
+        return "up to date" if existed else "created"
+
+    def ping(self) -> None:
+        self._run("SELECT 1").fetchall()
+
+    def get(self, name: str) -> Variable | None:
+        row = self._run(f"SELECT {_COLUMNS} FROM vars WHERE name = ?", (name,)).fetchone()
+        return _variable(row) if row else None
+
+    def get_many(self, names: Sequence[str]) -> list[Variable]:
+        if not names:
+            return []
+        marks = ", ".join(["?"] * len(names))
+        rows = self._run(
+            f"SELECT {_COLUMNS} FROM vars WHERE name IN ({marks}) ORDER BY name", names
+        )
+        return [_variable(r) for r in rows.fetchall()]
+
+    def list(self, prefix: str, after: str | None, limit: int, with_values: bool) -> list[Variable]:
+        sql, params = _list_query(prefix, after, limit, with_values, "?", lambda s: s)
+        return [_variable(r) for r in self._run(sql, params).fetchall()]
+
+    def put(
+        self,
+        name: str,
+        value: str,
+        *,
+        if_version: int | None = None,
+        if_absent: bool = False,
+        if_exists: bool = False,
+    ) -> WriteResult:
+        if if_version is not None or if_exists:
+            sql = (
+                f"UPDATE vars SET value = ?, version = version + 1, updated_at = {_SQLITE_NOW} "
+                "WHERE name = ?"
+            )
+            params: tuple[Any, ...] = (value, name)
+            if if_version is not None:
+                sql, params = sql + " AND version = ?", (*params, if_version)
+            row = self._run(sql + " RETURNING version", params).fetchone()
+            if row is None:
+                raise PreconditionFailed(name)
+            return WriteResult(row[0], created=False)
+        if if_absent:
+            try:
+                self._run("INSERT INTO vars (name, value) VALUES (?, ?)", (name, value))
+            except sqlite3.IntegrityError as exc:
+                raise PreconditionFailed(name) from exc
+            return WriteResult(1, created=True)
+        row = self._run(
+            "INSERT INTO vars (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET "
+            f"value = excluded.value, version = version + 1, updated_at = {_SQLITE_NOW} "
+            "RETURNING version",
+            (name, value),
+        ).fetchone()
+        return WriteResult(row[0], created=row[0] == 1)
+
+    def delete(self, name: str, *, if_version: int | None = None, if_exists: bool = False) -> bool:
+        if if_version is None:
+            changed = self._run("DELETE FROM vars WHERE name = ?", (name,)).rowcount
+        else:
+            changed = self._run(
+                "DELETE FROM vars WHERE name = ? AND version = ?", (name, if_version)
+            ).rowcount
+        if not changed and (if_exists or if_version is not None):
+            raise PreconditionFailed(name)
+        return changed > 0
+
+
+# --- Flask integration
+
+
+def open_store(config: dict[str, Any]) -> Store:
+    """Build the store that ``config`` names. Connects to nothing yet."""
+    url = DatabaseURL.parse(config["DATABASE_URL"], config.get("DATABASE_PASSWORD_FILE"))
+    if url.scheme == "sqlite":
+        return SQLiteStore(url, busy_timeout=config["DATABASE_TIMEOUT"])
+    return MySQLStore(url, config["DATABASE_CONNECT_TIMEOUT"], config["DATABASE_TIMEOUT"])
+
+
+def get_store() -> Store:
+    """The current app's store (the counterpart of flaskr's ``get_db``)."""
+    return current_app.extensions["var_keeper.store"]
+
+
+def init_app(app: Flask) -> None:
+    """Attach a store to ``app``, close connections with the app context, add CLI commands."""
+    store = open_store(app.config)
+    app.extensions["var_keeper.store"] = store
+    app.cli.add_command(init_db_command)
+    log.info("store: %s", store.url)
+
+
+def prepare_in_background(app: Flask) -> threading.Event:
+    """Prepare the schema in a thread, logging while the database is not reachable yet.
+
+    gunicorn.conf.py calls this in each worker after the fork, so a worker gets ready (and says
+    that it is waiting) without waiting for a first request. Set the returned event to stop it.
+    """
+    stop = threading.Event()
+    store: Store = app.extensions["var_keeper.store"]
+    threading.Thread(
+        target=store.wait_until_ready, args=(stop,), name="var_keeper-schema", daemon=True
+    ).start()
+    return stop
+
+
+@click.command("init-db")
+def init_db_command() -> None:
+    """Create the database and table if missing, or migrate the tutorial's table."""
+    store = get_store()
+    started = time.monotonic()
+    try:
+        store.ensure_ready()
+    except StoreUnavailable as exc:
+        raise click.ClickException(f"cannot prepare {store.url}: {exc}") from exc
+    click.echo(f"schema ready on {store.url} in {time.monotonic() - started:.2f}s")
