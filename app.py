@@ -15,10 +15,11 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
-from flask import Flask, Response, request
+from flask import Flask, Response, request, send_file
 from werkzeug.exceptions import HTTPException
 
 import db
+import web
 
 log = logging.getLogger("var_keeper")
 
@@ -255,6 +256,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     db.init_app(app)
     _register_errors(app)
     _register_routes(app)
+    app.register_blueprint(web.bp)
 
     @app.after_request
     def security_headers(response: Response) -> Response:
@@ -321,6 +323,10 @@ def _register_routes(app: Flask) -> None:
     def ready_store() -> db.Store:
         store.ensure_ready()
         return store
+
+    @app.get("/openapi.json")
+    def openapi() -> Response:
+        return send_file(os.path.join(app.root_path, "openapi.json"), mimetype="application/json")
 
     @app.get("/healthz")
     def healthz() -> Response:
