@@ -13,10 +13,11 @@ import os
 import sys
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode
+from urllib.parse import parse_qsl, quote, unquote_to_bytes, urlencode, urlsplit
 
 from flask import Flask, Response, request, send_file
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import PathConverter
 
 import db
 import web
@@ -43,6 +44,13 @@ def settings_from_env(instance_path: str) -> dict[str, Any]:
         "DATABASE_TIMEOUT": _env_int("DATABASE_TIMEOUT", 10),
         "MAX_VALUE_BYTES": _env_int("MAX_VALUE_BYTES", 1024 * 1024),
     }
+
+
+class NameConverter(PathConverter):
+    """Werkzeug's ``path`` converter, but matching every character, newlines included, so that
+    a name with a control character gets a clear 400 from ``_check_name`` instead of a 404."""
+
+    regex = r"[^/][\s\S]*?"
 
 
 class ApiError(Exception):
@@ -252,6 +260,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_FORM_MEMORY_SIZE"] = 3 * max_value + 64 * 1024
     app.url_map.merge_slashes = False  # "a//b" is a name of its own, not a redirect to "a/b"
     app.url_map.strict_slashes = False
+    app.url_map.converters["name"] = NameConverter
 
     db.init_app(app)
     _register_errors(app)
@@ -315,9 +324,13 @@ def _register_routes(app: Flask) -> None:
 
     @app.before_request
     def strict_path() -> None:
-        # WSGI hands the path over as latin-1; Werkzeug would turn invalid UTF-8 into U+FFFD and
-        # so make a different name out of it.
-        raw = request.environ.get("PATH_INFO", "").encode("latin-1", "replace")
+        # Werkzeug turns invalid UTF-8 in the path into U+FFFD, which would make a different
+        # name out of it: check the path as the client sent it (gunicorn's RAW_URI).
+        raw_uri = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
+        if raw_uri is None:
+            raw = request.environ.get("PATH_INFO", "").encode("latin-1", "replace")
+        else:
+            raw = unquote_to_bytes(urlsplit(raw_uri).path)
         _decode_utf8(raw, "path")
 
     def ready_store() -> db.Store:
@@ -340,7 +353,7 @@ def _register_routes(app: Flask) -> None:
             return error_response(503, "not_ready", f"not ready: {exc}")
         return _text("ready\n")
 
-    @app.get("/var/<path:name>")
+    @app.get("/var/<name:name>")
     def get_var(name: str) -> Response:
         var = ready_store().get(_check_name(name))
         if var is None:
@@ -357,12 +370,12 @@ def _register_routes(app: Flask) -> None:
         response.headers["Cache-Control"] = "no-cache"
         return response
 
-    @app.post("/var/<path:name>")
+    @app.post("/var/<name:name>")
     def post_var(name: str) -> Response:
         # The tutorial's contract: 200 and body "OK", whether it created or updated.
         return _write_response(name, _write(name), created_status=200)
 
-    @app.put("/var/<path:name>")
+    @app.put("/var/<name:name>")
     def put_var(name: str) -> Response:
         return _write_response(name, _write(name), created_status=201)
 
@@ -390,7 +403,7 @@ def _register_routes(app: Flask) -> None:
             response.headers["Location"] = "/var/" + quote(name)
         return response
 
-    @app.delete("/var/<path:name>")
+    @app.delete("/var/<name:name>")
     def delete_var(name: str) -> Response:
         _check_name(name)
         conditions = write_preconditions()

@@ -30,6 +30,7 @@ from urllib.parse import unquote, urlsplit
 
 import click
 from flask import Flask, current_app
+from flask.cli import with_appcontext
 
 log = logging.getLogger("var_keeper.db")
 
@@ -95,11 +96,11 @@ class DatabaseURL:
         parts = urlsplit(url)
         scheme = parts.scheme.split("+", 1)[0].lower()
         if scheme == "sqlite":
-            # sqlite:///relative/or/absolute: everything after "sqlite://" is the file path.
-            path = unquote(url.split("://", 1)[1])
-            if not path or path == "/":
+            # SQLAlchemy's convention: sqlite:///relative/file.db, sqlite:////absolute/file.db.
+            path = unquote(url.split("://", 1)[1])[1:]
+            if not path:
                 raise ValueError("DATABASE_URL sqlite:///PATH needs a file path")
-            return cls(scheme="sqlite", path=path[1:] if path.startswith("//") else path)
+            return cls(scheme="sqlite", path=path)
         if scheme not in ("mysql", "mariadb"):
             raise ValueError(
                 f"DATABASE_URL must start with mysql:// or sqlite:///, not {parts.scheme or '(none)'}://"
@@ -776,6 +777,7 @@ def prepare_in_background(app: Flask) -> threading.Event:
 
 
 @click.command("init-db")
+@with_appcontext
 def init_db_command() -> None:
     """Create the database and table if missing, or migrate the tutorial's table."""
     store = get_store()

@@ -9,6 +9,7 @@ them) or, when that is unset and Docker answers, from testcontainers (``mysql:8.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import socket
@@ -219,9 +220,10 @@ class Gunicorn:
 def gunicorn(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
     """Factory: ``gunicorn({"DATABASE_URL": ...})`` starts a server; all are stopped afterwards."""
     started: list[Gunicorn] = []
+    numbers = itertools.count()
 
     def start(env: dict[str, str], wait_ready: bool = True, **kwargs: int) -> Gunicorn:
-        server = Gunicorn(env, tmp_path / f"gunicorn-{len(started)}.log", **kwargs)
+        server = Gunicorn(env, tmp_path / f"gunicorn-{next(numbers)}.log", **kwargs)
         started.append(server)
         return server.start(wait_ready=wait_ready)
 

@@ -1,0 +1,157 @@
+"""The service as it runs: a real gunicorn over HTTP, against real databases."""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import requests
+
+from tests.conftest import scratch_database, server_connection
+
+pytestmark = pytest.mark.slow
+
+# Every request is bounded: a hung server fails the test instead of hanging it.
+get = functools.partial(requests.get, timeout=15)
+post = functools.partial(requests.post, timeout=15)
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def server_store(request: pytest.FixtureRequest, tmp_path: Path):
+    """A fresh store URL: a SQLite file, or a scratch MySQL database dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'vars.db'}"
+        return
+    with scratch_database(request.getfixturevalue("mysql_server")) as url:
+        yield url
+
+
+def test_concurrent_writers_on_distinct_names_all_read_back_exactly(gunicorn, server_store):
+    server = gunicorn({"DATABASE_URL": server_store}, workers=3, threads=4)
+    names = [f"w{i:03d}/é ü" for i in range(400)]
+
+    def write(name: str) -> int:
+        with requests.Session() as http:
+            value = f"{name}|" + "😀" * (len(name) * 7)
+            return http.post(server.url("/var/" + quote(name)), data={"value": value}).status_code
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        statuses = list(pool.map(write, names))
+    assert statuses == [200] * len(names)
+    with requests.Session() as http:
+        for name in names:
+            response = http.get(server.url("/var/" + quote(name)))
+            assert response.text == f"{name}|" + "😀" * (len(name) * 7)
+
+
+def test_a_restart_keeps_the_data(gunicorn, server_store):
+    server = gunicorn({"DATABASE_URL": server_store})
+    assert post(server.url("/var/keep"), data={"value": "me"}).text == "OK"
+    assert server.stop() == 0
+    again = gunicorn({"DATABASE_URL": server_store})
+    assert get(again.url("/var/keep")).text == "me"
+
+
+def test_sigterm_stops_gracefully(gunicorn, server_store):
+    server = gunicorn({"DATABASE_URL": server_store})
+    started = time.monotonic()
+    assert server.stop() == 0
+    assert time.monotonic() - started < 10
+
+
+def test_it_starts_without_the_database_answers_503_then_recovers_by_itself(
+    gunicorn, private_mariadb
+):
+    password = "s3cret-Pa55"
+    url = f"mysql://keeper:{password}@127.0.0.1:{private_mariadb.port}/vars"
+    server = gunicorn(
+        {"DATABASE_URL": url, "DATABASE_CONNECT_TIMEOUT": "1"}, wait_ready=False, workers=2
+    )
+
+    assert get(server.url("/healthz")).status_code == 200
+    response = get(server.url("/var/a"))
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert "database is unavailable" in response.text
+    assert post(server.url("/var/a"), data={"value": "x"}).status_code == 503
+    assert get(server.url("/readyz")).status_code == 503
+
+    # The database appears; the service must become ready without a restart.
+    private_mariadb.start()
+    root = server_connection(private_mariadb.url)
+    root.cursor().execute(f"CREATE USER 'keeper'@'%' IDENTIFIED BY '{password}'")
+    root.cursor().execute("GRANT ALL ON *.* TO 'keeper'@'%'")
+    root.close()
+    started = time.monotonic()
+    while get(server.url("/readyz")).status_code != 200:
+        assert time.monotonic() - started < 30, server.log()[-3000:]
+        time.sleep(0.2)
+    assert post(server.url("/var/a"), data={"value": "x"}).text == "OK"
+    assert get(server.url("/var/a")).text == "x"
+
+    log = server.log()
+    assert "waiting for the database at mysql://keeper:***@127.0.0.1" in log
+    assert "store ready" in log
+    assert password not in log
+    assert "Traceback" not in log
+
+
+@pytest.mark.parametrize("charset", ["latin1", "utf8mb4"])
+def test_the_tutorials_table_is_upgraded_in_place(gunicorn, mysql_server, charset):
+    with scratch_database(mysql_server) as url:
+        database = url.rsplit("/", 1)[1]
+        conn = server_connection(mysql_server)
+        cur = conn.cursor()
+        cur.execute(f"CREATE DATABASE `{database}` CHARACTER SET {charset}")
+        cur.execute(f"USE `{database}`")
+        # Exactly the tutorial's statements (section 6 of the seed document).
+        cur.execute(
+            """
+        CREATE TABLE IF NOT EXISTS vars(
+            id INT AUTO_INCREMENT PRIMARY KEY,
+            name VARCHAR(100),
+            value VARCHAR(100),
+            UNIQUE (name)
+            )
+            """
+        )
+        old_rows = {"a": "1", "greeting": "hello world", "café": "crème", "None": "None"}
+        for name, value in old_rows.items():
+            cur.execute(
+                "INSERT INTO vars (name, value) VALUES (%s, %s) ON DUPLICATE KEY UPDATE value=%s",
+                (name, value, value),
+            )
+        conn.close()
+
+        # Two servers start together on the old table: one migrates, neither breaks.
+        servers = []
+        threads = [
+            threading.Thread(
+                target=lambda: servers.append(gunicorn({"DATABASE_URL": url}, workers=2))
+            )
+            for _ in range(2)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(servers) == 2
+        for server in servers:
+            for name, value in old_rows.items():
+                assert get(server.url("/var/" + quote(name))).text == value
+        first = servers[0]
+        long_value = "no longer cut at 100 characters " * 100
+        assert post(first.url("/var/a"), data={"value": long_value}).text == "OK"
+        assert get(servers[1].url("/var/a")).text == long_value
+        assert post(first.url("/var/A"), data={"value": "upper"}).text == "OK"
+        assert get(first.url("/var/a")).text == long_value
+        version = get(first.url("/var/greeting"), headers={"Accept": "application/json"})
+        assert version.json()["version"] == 1
+        logs = first.log() + servers[1].log()
+        assert logs.count("schema migrated") == 1
+        assert "Traceback" not in logs
