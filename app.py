@@ -7,6 +7,8 @@ here speak HTTP and nothing else.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -20,6 +22,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
 import db
+import observability
 import web
 
 log = logging.getLogger("var_keeper")
@@ -43,7 +46,19 @@ def settings_from_env(instance_path: str) -> dict[str, Any]:
         "DATABASE_CONNECT_TIMEOUT": _env_int("DATABASE_CONNECT_TIMEOUT", 3),
         "DATABASE_TIMEOUT": _env_int("DATABASE_TIMEOUT", 10),
         "MAX_VALUE_BYTES": _env_int("MAX_VALUE_BYTES", 1024 * 1024),
+        "READ_TOKENS": _tokens("READ_TOKENS"),
+        "WRITE_TOKENS": _tokens("WRITE_TOKENS"),
     }
+
+
+def _tokens(name: str) -> list[str]:
+    """Comma-separated tokens from ``NAME``, plus one a line from the file ``NAME_FILE``."""
+    tokens = os.environ.get(name, "").split(",")
+    path = os.environ.get(f"{name}_FILE")
+    if path:
+        with open(path, encoding="utf-8") as secret:
+            tokens += secret.read().splitlines()
+    return [token.strip() for token in tokens if token.strip()]
 
 
 class NameConverter(PathConverter):
@@ -112,12 +127,10 @@ def error_response(status: int, code: str, message: str) -> Response:
 
 
 def _check_name(name: str) -> str:
-    if len(name) > db.MAX_NAME_CHARS:
-        raise ApiError(
-            400, "name_too_long", f"a name may have at most {db.MAX_NAME_CHARS} characters"
-        )
-    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in name):
-        raise ApiError(400, "invalid_name", "a name may not contain control characters")
+    problem = db.name_problem(name)
+    if problem:
+        code = "name_too_long" if len(name) > db.MAX_NAME_CHARS else "invalid_name"
+        raise ApiError(400, code, problem)
     return name
 
 
@@ -206,9 +219,16 @@ def _single_etag(header_name: str) -> str | None:
 
 def _version_of(etag: str) -> int:
     """The version an ETag of ours names; 0 (matches nothing) for anything else, W/ included."""
-    if len(etag) >= 3 and etag[0] == etag[-1] == '"' and etag[1:-1].isdigit():
-        return int(etag[1:-1])
+    digits = etag[1:-1]
+    # ASCII digits only (int() rejects "²", which isdigit() accepts), and few enough to fit the
+    # databases' 64-bit integers: a longer number cannot be a version we issued.
+    if len(etag) >= 3 and etag[0] == etag[-1] == '"' and _is_number(digits, max_digits=18):
+        return int(digits)
     return 0
+
+
+def _is_number(raw: str, max_digits: int) -> bool:
+    return raw.isascii() and raw.isdigit() and len(raw) <= max_digits
 
 
 def write_preconditions() -> dict[str, Any]:
@@ -237,7 +257,7 @@ def _flag(name: str) -> bool:
 
 def _limit() -> int:
     raw = request.args.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not _is_number(raw, max_digits=9) or not 1 <= int(raw) <= MAX_LIMIT:
         raise ApiError(
             400, "invalid_parameter", f"limit must be a whole number from 1 to {MAX_LIMIT}"
         )
@@ -263,6 +283,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.url_map.converters["name"] = NameConverter
 
     db.init_app(app)
+    observability.init_app(app)
+    _register_access_control(app)
     _register_errors(app)
     _register_routes(app)
     app.register_blueprint(web.bp)
@@ -278,6 +300,52 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     return app
 
 
+# Open to anyone even with tokens on: probes, the API description, the page's stylesheet.
+PUBLIC_ENDPOINTS = {"healthz", "readyz", "openapi", "static"}
+READ_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def _register_access_control(app: Flask) -> None:
+    """Bearer tokens, off unless READ_TOKENS or WRITE_TOKENS is set.
+
+    A write token may read and write, a read token only read. Tokens are compared as SHA-256
+    digests with ``hmac.compare_digest`` against every configured token, so neither the
+    comparison nor the number of tokens checked reveals how much of a guess was right. Only the
+    Authorization header is read: no cookie ever authenticates, so a cross-site form or script
+    cannot ride on a user's credentials.
+    """
+    read = [_digest(t) for t in app.config["READ_TOKENS"]]
+    write = [_digest(t) for t in app.config["WRITE_TOKENS"]]
+    if not read and not write:
+        return
+
+    def matches(candidate: bytes, digests: list[bytes]) -> bool:
+        found = False
+        for digest in digests:
+            found |= hmac.compare_digest(candidate, digest)
+        return found
+
+    @app.before_request
+    def require_token() -> None:
+        if request.endpoint in PUBLIC_ENDPOINTS:
+            return
+        challenge = {"WWW-Authenticate": 'Bearer realm="var_keeper"'}
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(401, "unauthorized", "send Authorization: Bearer <token>", challenge)
+        candidate = _digest(token.strip())
+        may_write = matches(candidate, write)
+        if not may_write and not matches(candidate, read):
+            challenge["WWW-Authenticate"] += ', error="invalid_token"'
+            raise ApiError(401, "invalid_token", "the token is not valid", challenge)
+        if request.method not in READ_METHODS and not may_write:
+            raise ApiError(403, "forbidden", "this token may read but not write")
+
+
 def _register_errors(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError) -> Response:
@@ -288,6 +356,7 @@ def _register_errors(app: Flask) -> None:
     @app.errorhandler(db.StoreUnavailable)
     def unavailable(exc: db.StoreUnavailable) -> Response:
         log.warning("database unavailable: %s", exc)
+        observability.DATABASE_ERRORS.labels(app.extensions["var_keeper.store"].kind).inc()
         response = error_response(
             503, "database_unavailable", f"the database is unavailable: {exc}"
         )
@@ -421,13 +490,14 @@ def _register_routes(app: Flask) -> None:
 
     @app.get("/var")
     def list_vars() -> Response:
+        # Checked before the batch branch too: an invalid parameter is a 400 whatever else is sent.
+        limit = _limit()
+        with_values = _flag("values") if "values" in request.args else False
         names = request.args.getlist("name")
         if names:
             return _batch(names)
         prefix = request.args.get("prefix", "")
         after = request.args.get("after")
-        limit = _limit()
-        with_values = _flag("values") if "values" in request.args else False
         items = ready_store().list(prefix, after, limit + 1, with_values)
         more = len(items) > limit
         items = items[:limit]

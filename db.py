@@ -12,11 +12,13 @@ validated against a strict pattern first.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import select
 import sqlite3
+import sys
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -131,6 +133,17 @@ class DatabaseURL:
         return f"mysql://{self.user}{secret}@{self.host}:{self.port}/{self.database}"
 
 
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a variable's name, or None if it can."""
+    if not name or name.startswith("/"):
+        return 'a name is not empty and does not start with "/"'
+    if len(name) > MAX_NAME_CHARS:
+        return f"a name may have at most {MAX_NAME_CHARS} characters"
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in name):
+        return "a name may not contain control characters"
+    return None
+
+
 def next_prefix(prefix: str) -> str | None:
     """The smallest string greater than every string that starts with ``prefix``.
 
@@ -157,6 +170,15 @@ class Store(ABC):
         self.url = url
         self._ready = False
         self._init_lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        self.open_connections = 0
+        # Told the number of open connections whenever it changes (observability.py's gauge).
+        self.on_connections: Callable[[int], None] = lambda count: None
+
+    def _connections_changed(self, delta: int) -> None:
+        with self._count_lock:
+            self.open_connections += delta
+            self.on_connections(self.open_connections)
 
     # Lifecycle
 
@@ -215,6 +237,10 @@ class Store(ABC):
     def get_many(self, names: Sequence[str]) -> list[Variable]: ...
 
     @abstractmethod
+    def count(self) -> int:
+        """How many variables there are."""
+
+    @abstractmethod
     def list(self, prefix: str, after: str | None, limit: int, with_values: bool) -> list[Variable]:
         """Variables whose names start with ``prefix`` and sort after ``after``, in name order."""
 
@@ -233,6 +259,27 @@ class Store(ABC):
         """Store ``value``; with a condition, only if the variable is at ``if_version``, does not
         exist (``if_absent``) or exists (``if_exists``). A failed condition raises
         PreconditionFailed; the check and the write are one atomic statement."""
+
+    def import_batch(self, items: Sequence[tuple[str, str]]) -> tuple[int, int]:
+        """Store many (name, value) pairs, changing only what differs; return (created, updated).
+
+        Idempotent: importing the same data twice changes nothing the second time, not even a
+        version. New names go in one multi-row statement; if someone else created one of them
+        meanwhile, the batch falls back to ordinary writes.
+        """
+        current = {v.name: v.value for v in self.get_many(sorted({n for n, _ in items}))}
+        new = dict((n, v) for n, v in items if n not in current)
+        changed = [(n, v) for n, v in items if n in current and current[n] != v]
+        if new and not self._insert_new(list(new.items())):
+            changed += list(new.items())
+            new = {}
+        for name, value in changed:
+            self.put(name, value)
+        return len(new), len(changed)
+
+    @abstractmethod
+    def _insert_new(self, items: list[tuple[str, str]]) -> bool:
+        """Insert names that did not exist, all or none; False if one exists by now."""
 
     @abstractmethod
     def delete(self, name: str, *, if_version: int | None = None, if_exists: bool = False) -> bool:
@@ -282,6 +329,8 @@ _META_COLUMNS = "name, NULL, version, created_at, updated_at"
 # on wait_timeout before closing).
 _CONNECTION_LOST = {2006, 2013, 2055, 1927, 4031, 1053}
 _TIMEOUTS = {1205, 3024, 1969}  # lock wait timeout; MySQL / MariaDB statement time limit
+# Run on every new connection; the value is an int computed from DATABASE_TIMEOUT, never input.
+_LOCK_WAIT_SQL = "SET SESSION innodb_lock_wait_timeout = {seconds}, lock_wait_timeout = {seconds}"
 
 
 class MySQLStore(Store):
@@ -318,6 +367,11 @@ class MySQLStore(Store):
             "connection_timeout": self._connect_timeout,
             "read_timeout": self._statement_timeout,
             "write_timeout": self._statement_timeout,
+            # The server gives up waiting on a row or table lock before the client gives up on
+            # the statement: otherwise a write answered 503 stays queued on the lock (50 s by
+            # default) and takes effect once the lock is released, after its client was told
+            # it failed. Both variables exist on MySQL and MariaDB; integers only.
+            "init_command": _LOCK_WAIT_SQL.format(seconds=max(1, self._statement_timeout - 1)),
         }
         if database:
             args["database"] = database
@@ -336,6 +390,7 @@ class MySQLStore(Store):
         if conn is None:
             conn = self._connect(self.url.database)
             local.conn, local.pid = conn, os.getpid()
+            self._connections_changed(+1)
         local.used = time.monotonic()
         return conn
 
@@ -343,6 +398,7 @@ class MySQLStore(Store):
         conn = getattr(self._local, "conn", None)
         self._local.conn = None
         if conn is not None and close:
+            self._connections_changed(-1)
             try:
                 conn.close()
             except self._errors.Error as exc:  # a broken connection may fail to close: it is gone
@@ -476,6 +532,9 @@ class MySQLStore(Store):
         )
         return [_variable(r) for r in rows]
 
+    def count(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM vars")[0][0])
+
     def list(self, prefix: str, after: str | None, limit: int, with_values: bool) -> list[Variable]:
         sql, params = _list_query(prefix, after, limit, with_values, "%s", lambda s: s.encode())
         return [_variable(r) for r in self._query(sql, params)]
@@ -524,6 +583,20 @@ class MySQLStore(Store):
             updated = self._update(key, value)
             if updated is not None:
                 return updated
+
+    def _insert_new(self, items: list[tuple[str, str]]) -> bool:
+        rows = ", ".join(["(%s, %s, 1, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))"] * len(items))
+        params = [p for name, value in items for p in (name.encode(), value)]
+        try:
+            self._execute(
+                f"INSERT INTO vars (name, value, version, created_at, updated_at) VALUES {rows}",
+                params,
+            )
+        except self._errors.IntegrityError as exc:
+            if exc.errno != 1062:
+                raise
+            return False
+        return True
 
     def _update(self, key: bytes, value: str) -> WriteResult | None:
         # LAST_INSERT_ID(expr) hands the new version back in the OK packet: no second query.
@@ -646,6 +719,7 @@ class SQLiteStore(Store):
             # FULL: an acknowledged write survives a power cut too, not only a crash.
             conn.execute("PRAGMA synchronous = FULL")
             local.conn, local.pid = conn, os.getpid()
+            self._connections_changed(+1)
         return conn
 
     def close(self) -> None:
@@ -653,6 +727,7 @@ class SQLiteStore(Store):
         self._local.conn = None
         if conn is not None:
             conn.close()
+            self._connections_changed(-1)
 
     def _run(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         try:
@@ -686,6 +761,9 @@ class SQLiteStore(Store):
             f"SELECT {_COLUMNS} FROM vars WHERE name IN ({marks}) ORDER BY name", names
         )
         return [_variable(r) for r in rows.fetchall()]
+
+    def count(self) -> int:
+        return int(self._run("SELECT COUNT(*) FROM vars").fetchone()[0])
 
     def list(self, prefix: str, after: str | None, limit: int, with_values: bool) -> list[Variable]:
         sql, params = _list_query(prefix, after, limit, with_values, "?", lambda s: s)
@@ -726,6 +804,22 @@ class SQLiteStore(Store):
         ).fetchone()
         return WriteResult(row[0], created=row[0] == 1)
 
+    def _insert_new(self, items: list[tuple[str, str]]) -> bool:
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany("INSERT INTO vars (name, value) VALUES (?, ?)", items)
+            except sqlite3.IntegrityError:
+                conn.execute("ROLLBACK")
+                return False
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise StoreUnavailable(f"sqlite: {exc}") from exc
+        return True
+
     def delete(self, name: str, *, if_version: int | None = None, if_exists: bool = False) -> bool:
         if if_version is None:
             changed = self._run("DELETE FROM vars WHERE name = ?", (name,)).rowcount
@@ -755,10 +849,12 @@ def get_store() -> Store:
 
 
 def init_app(app: Flask) -> None:
-    """Attach a store to ``app``, close connections with the app context, add CLI commands."""
+    """Attach a store to ``app`` and add its CLI commands (init-db, export, import)."""
     store = open_store(app.config)
     app.extensions["var_keeper.store"] = store
     app.cli.add_command(init_db_command)
+    app.cli.add_command(export_command)
+    app.cli.add_command(import_command)
     log.info("store: %s", store.url)
 
 
@@ -787,3 +883,103 @@ def init_db_command() -> None:
     except StoreUnavailable as exc:
         raise click.ClickException(f"cannot prepare {store.url}: {exc}") from exc
     click.echo(f"schema ready on {store.url} in {time.monotonic() - started:.2f}s")
+
+
+EXPORT_FORMAT = "var_keeper/1"
+_PAGE = 1000
+_BATCH_ITEMS = 500
+_BATCH_BYTES = 4 * 1024 * 1024  # well under max_allowed_packet (16 MiB on MariaDB, 64 on MySQL)
+
+
+def _ready_store() -> Store:
+    store = get_store()
+    try:
+        store.ensure_ready()
+    except StoreUnavailable as exc:
+        raise click.ClickException(f"cannot use {store.url}: {exc}") from exc
+    return store
+
+
+@click.command("export")
+@click.argument("file", type=click.File("w", encoding="utf-8", lazy=True), default="-")
+@with_appcontext
+def export_command(file: Any) -> None:
+    """Write every variable to FILE (default: standard output) as JSON.
+
+    Values are plain UTF-8 strings: {"format": "var_keeper/1", "variables": [{"name": ...,
+    "value": ...}, ...]}, in name order. Without concurrent writes it is an exact snapshot;
+    with them, each variable is exported as it was when its page was read.
+    """
+    store = _ready_store()
+    file.write(f'{{"format": "{EXPORT_FORMAT}", "variables": [')
+    separator, after, count = "\n", None, 0
+    with click.progressbar(length=store.count(), label="exporting", file=sys.stderr) as bar:
+        while True:
+            page = store.list("", after, _PAGE, with_values=True)
+            for var in page:
+                entry = json.dumps({"name": var.name, "value": var.value}, ensure_ascii=False)
+                file.write(separator + entry)
+                separator = ",\n"
+            bar.update(len(page))
+            count += len(page)
+            if len(page) < _PAGE:
+                break
+            after = page[-1].name
+    file.write("\n]}\n")
+    click.echo(f"exported {count} variables from {store.url}", err=True)
+
+
+@click.command("import")
+@click.argument("file", type=click.File("r", encoding="utf-8"), default="-")
+@with_appcontext
+def import_command(file: Any) -> None:
+    """Load variables from FILE (written by export). Idempotent: unchanged ones are untouched."""
+    items = _read_export(file)
+    store = _ready_store()
+    created = updated = 0
+    with click.progressbar(length=len(items), label="importing", file=sys.stderr) as bar:
+        for batch in _batches(items):
+            done = store.import_batch(batch)
+            created, updated = created + done[0], updated + done[1]
+            bar.update(len(batch))
+    unchanged = len(items) - created - updated
+    click.echo(
+        f"imported {len(items)} variables into {store.url}: {created} created, "
+        f"{updated} updated, {unchanged} unchanged",
+        err=True,
+    )
+
+
+def _read_export(file: Any) -> list[tuple[str, str]]:
+    try:
+        data = json.load(file)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"not a var_keeper export: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("variables"), list):
+        raise click.ClickException('not a var_keeper export: expected {"variables": [...]}')
+    items: list[tuple[str, str]] = []
+    for index, entry in enumerate(data["variables"]):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        value = entry.get("value") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise click.ClickException(f"variable #{index}: needs a string name and value")
+        problem = name_problem(name)
+        if problem:
+            raise click.ClickException(f"variable #{index} ({name!r}): {problem}")
+        items.append((name, value))
+    return items
+
+
+def _batches(items: list[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]:
+    """Runs of at most _BATCH_ITEMS pairs and _BATCH_BYTES bytes (one item may exceed it)."""
+    batch: list[tuple[str, str]] = []
+    size = 0
+    for name, value in items:
+        entry_size = len(name.encode()) + len(value.encode())
+        if batch and (len(batch) == _BATCH_ITEMS or size + entry_size > _BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append((name, value))
+        size += entry_size
+    if batch:
+        yield batch

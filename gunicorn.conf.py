@@ -5,8 +5,19 @@ GUNICORN_THREADS (threads per worker). The defaults come from a measurement on 2
 MariaDB (see README, "Serving").
 """
 
+import json
 import logging
 import os
+import shutil
+import tempfile
+from datetime import UTC, datetime
+
+from gunicorn.glogging import Logger
+
+# Prometheus multiprocess mode: every worker writes its samples under this directory and
+# GET /metrics sums them. It must be set before any worker imports prometheus_client.
+_own_metrics_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="var_keeper-metrics-"))
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '5000')}"
 # gthread: a thread blocked on the database does not hold the whole worker, and slow clients
@@ -17,10 +28,34 @@ threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 keepalive = 5
 timeout = 30
 graceful_timeout = 20
+
+
+class JsonAccessLogger(Logger):
+    """gunicorn's logger, with one JSON object a line for each request."""
+
+    def access(self, resp, req, environ, request_time):
+        if not self.cfg.accesslog:
+            return
+        headers = {name.lower(): value for name, value in resp.headers}
+        record = {
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "remote": environ.get("REMOTE_ADDR"),
+            "method": environ.get("REQUEST_METHOD"),
+            "path": environ.get("RAW_URI") or environ.get("PATH_INFO"),
+            "status": resp.status_code,
+            "bytes": getattr(resp, "sent", None),
+            "duration_ms": round(request_time.total_seconds() * 1000, 3),
+            "request_id": headers.get("x-request-id"),
+            "user_agent": environ.get("HTTP_USER_AGENT"),
+        }
+        self.access_log.info(json.dumps(record, ensure_ascii=False))
+
+
 accesslog = "-"
 errorlog = "-"
 loglevel = "info"
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+# One JSON object a line: time, remote, method, path, status, bytes, duration_ms, request_id.
+logger_class = JsonAccessLogger
 # No preload: each worker imports the app after the fork, so no connection crosses a fork.
 preload_app = False
 limit_request_line = 8190
@@ -28,11 +63,41 @@ limit_request_fields = 100
 limit_request_field_size = 8190
 
 
+_LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+_TOKEN_SETTINGS = ("READ_TOKENS", "WRITE_TOKENS", "READ_TOKENS_FILE", "WRITE_TOKENS_FILE")
+
+
 def on_starting(server):
+    # A directory we did not create may hold samples of an earlier run: start empty.
+    metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    if not _own_metrics_dir:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        os.makedirs(metrics_dir, exist_ok=True)
     # The app's own loggers ("var_keeper", "var_keeper.db") go where gunicorn's go.
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
     )
+
+
+def when_ready(server):
+    host = bind.rsplit(":", 1)[0]
+    if host not in _LOOPBACK and not any(os.environ.get(name) for name in _TOKEN_SETTINGS):
+        server.log.warning(
+            "access control is off and the service listens on %s: anyone who reaches it can "
+            "read and change every variable (set WRITE_TOKENS and READ_TOKENS to require tokens)",
+            bind,
+        )
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _own_metrics_dir:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 
 
 def post_worker_init(worker):

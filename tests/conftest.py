@@ -177,11 +177,11 @@ class Gunicorn:
         self.base = f"http://127.0.0.1:{self.port}"
         self.env = {
             **os.environ,
-            **env,
             "HOST": "127.0.0.1",
             "PORT": str(self.port),
             "WEB_CONCURRENCY": str(workers),
             "GUNICORN_THREADS": str(threads),
+            **env,
         }
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None

@@ -1,0 +1,76 @@
+"""Request ids and Prometheus metrics (the JSON access log is gunicorn's: gunicorn.conf.py).
+
+Metrics are correct under gunicorn's several worker processes: gunicorn.conf.py points
+``PROMETHEUS_MULTIPROC_DIR`` at an empty directory before any worker starts, every worker
+writes its samples there, and ``GET /metrics`` sums them (prometheus_client's multiprocess mode).
+Without that variable (tests, ``flask run``) the process's own registry is served.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import uuid
+
+from flask import Flask, Response, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+REQUESTS = Counter(
+    "var_keeper_requests_total", "HTTP requests answered", ["method", "route", "status"]
+)
+LATENCY = Histogram(
+    "var_keeper_request_duration_seconds",
+    "Time from the request reaching the app to its response",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+DATABASE_ERRORS = Counter(
+    "var_keeper_database_errors_total", "Requests answered 503 because of the database", ["store"]
+)
+CONNECTIONS = Gauge(
+    "var_keeper_database_connections",
+    "Open database connections, summed over worker processes",
+    multiprocess_mode="livesum",
+)
+
+
+def init_app(app: Flask) -> None:
+    """Give every request an id and count it; serve ``GET /metrics``."""
+
+    @app.before_request
+    def start_request() -> None:
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def finish_request(response: Response) -> Response:
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+        if "started" in g:
+            LATENCY.labels(request.method, route).observe(time.perf_counter() - g.started)
+        return response
+
+    app.extensions["var_keeper.store"].on_connections = CONNECTIONS.set
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+        else:
+            registry = REGISTRY
+        return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
