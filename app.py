@@ -12,6 +12,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -27,6 +28,7 @@ import web
 
 log = logging.getLogger("var_keeper")
 
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 MAX_LIMIT = 1000
 MAX_BATCH = 1000
 TEXT = "text/plain; charset=utf-8"
@@ -45,6 +47,7 @@ def settings_from_env(instance_path: str) -> dict[str, Any]:
         "DATABASE_PASSWORD_FILE": os.environ.get("DATABASE_PASSWORD_FILE") or None,
         "DATABASE_CONNECT_TIMEOUT": _env_int("DATABASE_CONNECT_TIMEOUT", 3),
         "DATABASE_TIMEOUT": _env_int("DATABASE_TIMEOUT", 10),
+        "DATABASE_POOL_SIZE": _env_int("DATABASE_POOL_SIZE", 8),
         "MAX_VALUE_BYTES": _env_int("MAX_VALUE_BYTES", 1024 * 1024),
         "READ_TOKENS": _tokens("READ_TOKENS"),
         "WRITE_TOKENS": _tokens("WRITE_TOKENS"),
@@ -148,6 +151,8 @@ def _form_value(body: bytes) -> str | None:
     be silently altered, so the body is parsed here instead.
     """
     text = _decode_utf8(body, "form body")
+    if _BAD_PERCENT.search(text):
+        raise ApiError(400, "invalid_form", "malformed form encoding: % must start an escape %XX")
     try:
         fields = parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="strict")
     except UnicodeDecodeError as exc:

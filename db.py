@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import re
 import select
 import sqlite3
 import sys
 import threading
 import time
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -77,13 +79,22 @@ class _ConnectionLost(StoreUnavailable):
     """The connection broke under a statement."""
 
 
+class _NotApplied(StoreUnavailable):
+    """The server rolled the statement back or refused to run it: it changed nothing, so it may
+    run again. A Galera certification conflict (or an InnoDB deadlock), a node not ready."""
+
+
 class PreconditionFailed(StoreError):
     """A conditional write found the variable in another state than the caller expected."""
 
 
 @dataclass(frozen=True, slots=True)
 class DatabaseURL:
-    """A parsed ``DATABASE_URL``. ``str()`` of it never shows the password."""
+    """A parsed ``DATABASE_URL``. ``str()`` of it never shows the password.
+
+    A cluster is several hosts in the host part, tried in that order:
+    ``mysql://user:pw@h1:3306,h2:3306,h3:3306/vars``. ``host`` and ``port`` are the first one.
+    """
 
     scheme: str
     host: str = ""
@@ -92,6 +103,7 @@ class DatabaseURL:
     password: str = ""
     database: str = ""
     path: str = ""
+    hosts: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def parse(cls, url: str, password_file: str | None = None) -> DatabaseURL:
@@ -113,24 +125,45 @@ class DatabaseURL:
         password = unquote(parts.password or "")
         if password_file:
             password = Path(password_file).read_text(encoding="utf-8").rstrip("\r\n")
-        try:
-            port = parts.port or 3306
-        except ValueError as exc:
-            raise ValueError("the port in DATABASE_URL is not a number") from exc
+        # urlsplit knows one host only: split "h1:3306,h2:3306" ourselves.
+        host_part = parts.netloc.rpartition("@")[2]
+        hosts = tuple(_host_and_port(h) for h in host_part.split(",")) if host_part else ()
+        hosts = hosts or (("127.0.0.1", 3306),)
         return cls(
             scheme="mysql",
-            host=parts.hostname or "127.0.0.1",
-            port=port,
+            host=hosts[0][0],
+            port=hosts[0][1],
             user=unquote(parts.username or "root"),
             password=password,
             database=database,
+            hosts=hosts,
         )
 
     def __str__(self) -> str:
         if self.scheme == "sqlite":
             return f"sqlite:///{self.path}"
         secret = ":***" if self.password else ""
-        return f"mysql://{self.user}{secret}@{self.host}:{self.port}/{self.database}"
+        hosts = ",".join(
+            f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
+            for h, p in self.hosts or [(self.host, self.port)]
+        )
+        return f"mysql://{self.user}{secret}@{hosts}/{self.database}"
+
+
+def _host_and_port(text: str) -> tuple[str, int]:
+    """``host``, ``host:port`` or ``[v6 address]:port`` of a DATABASE_URL, port 3306 if none."""
+    text = text.strip()
+    host, port = text, ""
+    if text.startswith("["):  # [::1]:3306
+        host, _, rest = text[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif ":" in text:
+        host, _, port = text.rpartition(":")
+    if not host:
+        raise ValueError("DATABASE_URL has an empty host in its list of hosts")
+    if port and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError("the port in DATABASE_URL is not a number")
+    return host.lower(), int(port or 3306)
 
 
 def name_problem(name: str) -> str | None:
@@ -165,6 +198,7 @@ class Store(ABC):
     """What the HTTP layer may ask of a database."""
 
     kind: str
+    init_wait: float = 5.0  # seconds a request waits for the schema preparation under way
 
     def __init__(self, url: DatabaseURL) -> None:
         self.url = url
@@ -190,7 +224,9 @@ class Store(ABC):
         """Create or migrate the schema once per process; StoreUnavailable until that is done."""
         if self._ready:
             return
-        if not self._init_lock.acquire(timeout=0.5):
+        # Wait for a preparation under way (the background one at start-up) rather than fail
+        # at once; bounded, so a request never hangs on a database that is not there.
+        if not self._init_lock.acquire(timeout=self.init_wait):
             raise StoreUnavailable(
                 "the service is starting up: the database schema is being prepared"
             )
@@ -287,6 +323,98 @@ class Store(ABC):
         or existing at all), raise PreconditionFailed instead of returning False."""
 
 
+# --- Connections
+
+
+@dataclass(slots=True)
+class _Lease:
+    """A pooled connection, with the cursor reused for every statement on it."""
+
+    conn: Any
+    used: float
+    cursor: Any = None
+    broken: bool = False
+
+
+class ConnectionPool:
+    """At most ``size`` open connections per process, each lent to one caller at a time.
+
+    Not mysql-connector's pool: exhausted, it raises PoolError at once instead of waiting, and
+    with ``pool_reset_session=False`` the next borrower sees the previous one's open
+    transaction. Here a borrower waits up to ``wait`` seconds and then gets StoreUnavailable
+    (a 503), connections are in autocommit and every explicit transaction ends before the
+    connection goes back, so no session state passes between requests. A connection found
+    dead on the way out of the pool is replaced; one that failed under a statement is closed,
+    never lent again. After a fork the child starts with an empty pool: no connection crosses
+    a fork. The pool works the same under threads and under gevent's greenlets.
+    """
+
+    def __init__(
+        self,
+        opener: Callable[[], Any],
+        closer: Callable[[Any], None],
+        alive: Callable[[Any, float], bool],
+        size: int,
+        wait: float,
+        on_change: Callable[[int], None],
+    ) -> None:
+        self._opener, self._closer, self._alive = opener, closer, alive
+        self.size, self._wait, self._on_change = size, wait, on_change
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._idle: list[_Lease] = []  # last in, first out: the warmest connection first
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(self.size)
+
+    @contextmanager
+    def lease(self) -> Iterator[_Lease]:
+        if self._pid != os.getpid():
+            self._reset()  # the parent's connections stay the parent's
+        if not self._slots.acquire(timeout=self._wait):
+            raise StoreUnavailable(
+                f"all {self.size} database connections of this process stayed busy "
+                f"for {self._wait}s"
+            )
+        lease = None
+        try:
+            lease = self._take()
+            yield lease
+        finally:
+            if lease is not None:
+                if lease.broken:
+                    self._close(lease)
+                else:
+                    lease.used = time.monotonic()
+                    with self._lock:
+                        self._idle.append(lease)
+            self._slots.release()
+
+    def _take(self) -> _Lease:
+        while True:
+            with self._lock:
+                lease = self._idle.pop() if self._idle else None
+            if lease is None:
+                conn = self._opener()
+                self._on_change(+1)
+                return _Lease(conn, time.monotonic())
+            if self._alive(lease.conn, lease.used):
+                return lease
+            self._close(lease)
+
+    def _close(self, lease: _Lease) -> None:
+        self._on_change(-1)
+        self._closer(lease.conn)
+
+    def close_idle(self) -> None:
+        """Close every connection not lent out (they are opened again when needed)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for lease in idle:
+            self._close(lease)
+
+
 # --- MySQL / MariaDB
 
 # MySQL 8's default utf8mb4_0900_ai_ci does not exist on MariaDB (before 11.4) and MariaDB 11's
@@ -332,11 +460,33 @@ _TIMEOUTS = {1205, 3024, 1969}  # lock wait timeout; MySQL / MariaDB statement t
 # Run on every new connection; the value is an int computed from DATABASE_TIMEOUT, never input.
 _LOCK_WAIT_SQL = "SET SESSION innodb_lock_wait_timeout = {seconds}, lock_wait_timeout = {seconds}"
 
+# Several hosts (a Galera cluster, or primaries behind failover): errors that mean the statement
+# changed nothing and may run again. 1213: a deadlock, or on Galera a certification conflict at
+# commit (another node's write to the same row won); the transaction was rolled back. 1047:
+# "WSREP has not yet prepared node for application use", refused before it ran.
+_CONFLICT = 1213
+_NODE_NOT_READY = 1047
+_WRITE_ATTEMPTS = 6  # then 503; with the backoff below, at most 0.62 s of waiting in all
+_BACKOFF_SECONDS = 0.01  # before retry n: a random fraction of _BACKOFF_SECONDS * 2**n
+_HOST_DOWN_SECONDS = 5.0  # a host that failed is tried last for this long
+# A connection to any host but the first is closed after this long, so that a process goes back
+# to its first host once that host is back (the hosts' order is the operator's preference).
+_FAILBACK_SECONDS = 10.0
+# On a Galera node, wait until the node has applied every write the cluster committed before
+# this session's reads (1) and UPDATE/DELETE (2): a client reads its own writes through any
+# node, and a conditional write does not fail on a version another node already replaced.
+_GALERA_SYNC_WAIT = 3
+_GALERA_STATUS_SQL = (
+    "SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_ready', 'wsrep_local_state')"
+)
+
 
 class MySQLStore(Store):
     kind = "mysql"
 
-    def __init__(self, url: DatabaseURL, connect_timeout: int, statement_timeout: int) -> None:
+    def __init__(
+        self, url: DatabaseURL, connect_timeout: int, statement_timeout: int, pool_size: int
+    ) -> None:
         super().__init__(url)
         import mysql.connector  # imported here so that the SQLite default needs no MySQL driver
 
@@ -344,7 +494,21 @@ class MySQLStore(Store):
         self._errors = mysql.connector.errors
         self._connect_timeout = connect_timeout
         self._statement_timeout = statement_timeout
-        self._local = threading.local()
+        self.init_wait = connect_timeout + 1
+        # Per process: until when each host (an index into url.hosts) is tried last, and which
+        # host each open connection is on, with when it was opened.
+        self._down_until: dict[int, float] = {}
+        self._host_of: weakref.WeakKeyDictionary[Any, tuple[int, float]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._pool = ConnectionPool(
+            lambda: self._connect(self.url.database),
+            self._close_connection,
+            self._reusable,
+            size=pool_size,
+            wait=statement_timeout,
+            on_change=self._connections_changed,
+        )
         log.info(
             "mysql-connector-python %s, C extension %s",
             mysql.connector.__version__,
@@ -375,68 +539,121 @@ class MySQLStore(Store):
         }
         if database:
             args["database"] = database
-        try:
-            return self._mysql.connect(**args)
-        except self._errors.Error as exc:
-            raise StoreUnavailable(_describe(exc)) from exc
+        return self._connect_first_ready(args)
 
-    def _connection(self) -> Any:
-        """This thread's connection, opened now if it has none or the server closed it."""
-        local = self._local
-        conn = getattr(local, "conn", None)
-        if conn is not None and (local.pid != os.getpid() or not _idle_alive(conn, local.used)):
-            self._discard(close=local.pid == os.getpid())
-            conn = None
-        if conn is None:
-            conn = self._connect(self.url.database)
-            local.conn, local.pid = conn, os.getpid()
-            self._connections_changed(+1)
-        local.used = time.monotonic()
-        return conn
-
-    def _discard(self, close: bool = True) -> None:
-        conn = getattr(self._local, "conn", None)
-        self._local.conn = None
-        if conn is not None and close:
-            self._connections_changed(-1)
+    def _connect_first_ready(self, args: dict[str, Any]) -> Any:
+        """A connection to the first host that answers and is ready, trying the hosts in their
+        order, those that failed lately last. Each try has the whole connect timeout."""
+        now = time.monotonic()
+        hosts = list(enumerate(self.url.hosts or [(self.url.host, self.url.port)]))
+        hosts.sort(key=lambda item: self._down_until.get(item[0], 0.0) > now)  # stable
+        failures: list[str] = []
+        for index, (host, port) in hosts:
             try:
-                conn.close()
-            except self._errors.Error as exc:  # a broken connection may fail to close: it is gone
-                log.debug("closing a broken connection: %s", exc)
+                conn = self._mysql.connect(**{**args, "host": host, "port": port})
+            except self._errors.Error as exc:
+                if exc.errno == 1049 or len(hosts) == 1:  # "Unknown database": same on every host
+                    raise StoreUnavailable(_describe(exc)) from exc
+                failures.append(f"{host}:{port}: {_describe(exc)}")
+                self._mark_down(index)
+                continue
+            try:
+                problem = self._galera_setup(conn)
+            except self._errors.Error as exc:
+                problem = _describe(exc)
+            if problem is None:
+                self._host_of[conn] = (index, time.monotonic())
+                if failures:
+                    log.warning("connected to %s:%s after: %s", host, port, "; ".join(failures))
+                return conn
+            self._close_connection(conn)
+            failures.append(f"{host}:{port}: {problem}")
+            self._mark_down(index)
+        raise StoreUnavailable("no database host is ready: " + "; ".join(failures))
+
+    def _galera_setup(self, conn: Any) -> str | None:
+        """On a Galera node: why it cannot serve yet (not synced with the cluster), or None
+        after turning on read-your-writes for the session. Elsewhere (MySQL, a lone MariaDB,
+        whose wsrep variables are off or absent): None, and nothing is changed."""
+        cur = conn.cursor()
+        try:
+            cur.execute(_GALERA_STATUS_SQL)
+            status = {str(name).lower(): str(value) for name, value in cur.fetchall()}
+            if "wsrep_local_state" not in status:  # no Galera provider loaded
+                return None
+            if status.get("wsrep_ready") != "ON" or status["wsrep_local_state"] != "4":
+                return (
+                    f"Galera node not synced (wsrep_ready {status.get('wsrep_ready')}, "
+                    f"wsrep_local_state {status['wsrep_local_state']})"
+                )
+            cur.execute(f"SET SESSION wsrep_sync_wait = {_GALERA_SYNC_WAIT}")  # a constant
+            return None
+        finally:
+            cur.close()
+
+    def _mark_down(self, index: int) -> None:
+        self._down_until[index] = time.monotonic() + _HOST_DOWN_SECONDS
+
+    def _reusable(self, conn: Any, last_used: float) -> bool:
+        """The pool's test before lending an idle connection: alive, and on the first host
+        unless that host failed lately or the connection is younger than _FAILBACK_SECONDS."""
+        if not _idle_alive(conn, last_used):
+            return False
+        index, opened = self._host_of.get(conn, (0, 0.0))
+        now = time.monotonic()
+        return index == 0 or now - opened < _FAILBACK_SECONDS or self._down_until.get(0, 0.0) > now
+
+    def _close_connection(self, conn: Any) -> None:
+        try:
+            conn.close()
+        except self._errors.Error as exc:  # a broken connection may fail to close: it is gone
+            log.debug("closing a broken connection: %s", exc)
 
     def close(self) -> None:
-        self._discard()
+        self._pool.close_idle()
 
     @contextmanager
     def _cursor(self) -> Iterator[Any]:
-        """A cursor on this thread's connection, with the driver's errors mapped to ours."""
-        conn = self._connection()
-        try:
-            cursor = conn.cursor()
+        """A cursor on a pooled connection, with the driver's errors mapped to ours."""
+        with self._pool.lease() as lease:
             try:
-                yield cursor
-            finally:
-                cursor.close()
-        except self._errors.Error as exc:
-            errno = getattr(exc, "errno", None)
-            if errno in _CONNECTION_LOST or isinstance(exc, self._errors.InterfaceError):
-                self._discard()
-                raise _ConnectionLost(_describe(exc)) from exc
-            if errno in _TIMEOUTS:
-                self._discard()  # the statement may still hold the connection busy
-                raise StoreUnavailable(f"the database timed out ({_describe(exc)})") from exc
-            if isinstance(exc, self._errors.OperationalError):
-                raise StoreUnavailable(_describe(exc)) from exc
-            raise
+                if lease.cursor is None:
+                    # Made once per connection: conn.cursor() pings the server every time.
+                    lease.cursor = lease.conn.cursor()
+                yield lease.cursor
+            except self._errors.Error as exc:
+                errno = getattr(exc, "errno", None)
+                if errno == _CONFLICT:  # rolled back; the connection is fine
+                    raise _NotApplied(_describe(exc)) from exc
+                if errno == _NODE_NOT_READY:  # this node left the cluster's primary component
+                    lease.broken = True
+                    self._mark_down(self._host_of.get(lease.conn, (0, 0.0))[0])
+                    raise _NotApplied(_describe(exc)) from exc
+                if errno in _CONNECTION_LOST or isinstance(exc, self._errors.InterfaceError):
+                    lease.broken = True
+                    self._mark_down(self._host_of.get(lease.conn, (0, 0.0))[0])
+                    raise _ConnectionLost(_describe(exc)) from exc
+                if errno in _TIMEOUTS:
+                    lease.broken = True  # the statement may still hold the connection busy
+                    raise StoreUnavailable(f"the database timed out ({_describe(exc)})") from exc
+                if isinstance(exc, self._errors.OperationalError):
+                    # E.g. -1 "MySQL Connection not available": a ping that timed out leaves
+                    # its reply unread (the driver does not close the connection, whatever its
+                    # message says). Reused, the connection would hand each statement the
+                    # previous one's reply: a SELECT gets an OK packet, a stored name reads 404.
+                    lease.broken = True
+                    raise StoreUnavailable(_describe(exc)) from exc
+                raise
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Run a read. A read may safely run twice, so a lost connection is replaced and the
-        read retried once; a write is never retried (see ``_execute``)."""
+        """Run a read. A read may safely run twice, so a lost connection is replaced (on the
+        next host, if the URL has several) and the read retried once; a write is retried only
+        when the server says it changed nothing (see ``_execute``)."""
         try:
             with self._cursor() as cur:
                 cur.execute(sql, params)
                 return cur.fetchall()
-        except _ConnectionLost:
+        except (_ConnectionLost, _NotApplied):
             with self._cursor() as cur:
                 cur.execute(sql, params)
                 return cur.fetchall()
@@ -444,13 +661,26 @@ class MySQLStore(Store):
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> tuple[int, int | None]:
         """Run one write statement; return (affected rows, last insert id).
 
-        Not retried: a connection lost mid-write leaves the outcome unknown, and guessing could
-        apply a write twice. The caller gets a 503; an idle connection the server had closed is
-        already replaced before the statement by ``_connection``.
+        A connection lost mid-write leaves the outcome unknown, and guessing could apply a
+        write twice: the caller gets a 503 (an idle connection the server had closed is already
+        replaced before the statement by the pool). A statement the server rolled back or
+        refused (a Galera certification conflict, a node not ready) changed nothing: it runs
+        again, up to _WRITE_ATTEMPTS times with jittered exponential backoff, then 503.
         """
-        with self._cursor() as cur:
-            cur.execute(sql, params)
-            return cur.rowcount, cur.lastrowid
+        for attempt in range(1, _WRITE_ATTEMPTS + 1):
+            try:
+                with self._cursor() as cur:
+                    cur.execute(sql, params)
+                    return cur.rowcount, cur.lastrowid
+            except _NotApplied as exc:
+                if attempt == _WRITE_ATTEMPTS:
+                    raise StoreUnavailable(
+                        f"a write was rolled back {attempt} times in a row ({exc})"
+                    ) from exc
+                log.info("write retried (attempt %d of %d): %s", attempt + 1, _WRITE_ATTEMPTS, exc)
+                # Jitter: writers that collided once must not retry in step. Not for security.
+                time.sleep(random.uniform(0, _BACKOFF_SECONDS * 2**attempt))  # noqa: S311
+        raise AssertionError("unreachable")
 
     # Schema
 
@@ -498,19 +728,25 @@ class MySQLStore(Store):
             conn.close()
 
     def _create_or_migrate(self, cur: Any) -> str:
-        cur.execute(
-            "SELECT COLUMN_NAME FROM information_schema.COLUMNS "
-            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'vars'"
-        )
-        columns = {str(row[0]).lower() for row in cur.fetchall()}
+        columns = _vars_columns(cur)
         if not columns:
-            cur.execute(_MYSQL_TABLE)
+            cur.execute(_MYSQL_TABLE)  # IF NOT EXISTS: another node may have created it
             return "created"
         if "version" in columns:
             return "up to date"
         log.info("migrating the tutorial's vars table in place")
-        for statement in _MYSQL_MIGRATIONS:
-            cur.execute(statement)
+        try:
+            for statement in _MYSQL_MIGRATIONS:
+                cur.execute(statement)
+        except self._errors.Error:
+            # GET_LOCK() is local to one server: on a Galera cluster an instance on another
+            # node may migrate at the same time (DDL is replicated in total order, so its ALTER
+            # makes ours fail with 1060 "Duplicate column name", or aborts our UPDATE). Every
+            # step is idempotent: what counts is that the table ends up migrated.
+            if "version" not in _vars_columns(cur):
+                raise
+            log.info("another instance migrated the vars table meanwhile")
+            return "up to date"
         return "migrated"
 
     def ping(self) -> None:
@@ -619,6 +855,15 @@ class MySQLStore(Store):
         return bool(changed)
 
 
+def _vars_columns(cur: Any) -> set[str]:
+    """The lower-case column names of the vars table in the current database (none: no table)."""
+    cur.execute(
+        "SELECT COLUMN_NAME FROM information_schema.COLUMNS "
+        "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'vars'"
+    )
+    return {str(row[0]).lower() for row in cur.fetchall()}
+
+
 def _idle_alive(conn: Any, last_used: float) -> bool:
     """False if the server has closed an idle connection (restart, KILL, wait_timeout).
 
@@ -701,39 +946,57 @@ CREATE TABLE IF NOT EXISTS vars (
 """
 
 
+@dataclass(frozen=True, slots=True)
+class _Rows:
+    """A statement's rows, read before its connection went back to the pool."""
+
+    rows: list[Any]
+    rowcount: int
+
+    def fetchone(self) -> Any:
+        return self.rows[0] if self.rows else None
+
+    def fetchall(self) -> list[Any]:
+        return self.rows
+
+
 class SQLiteStore(Store):
     """The embedded default: one file, WAL mode, safe with several gunicorn workers."""
 
     kind = "sqlite"
 
-    def __init__(self, url: DatabaseURL, busy_timeout: float) -> None:
+    def __init__(self, url: DatabaseURL, busy_timeout: float, pool_size: int) -> None:
         super().__init__(url)
         self._busy_timeout = busy_timeout
-        self._local = threading.local()
+        self._pool = ConnectionPool(
+            self._open,
+            lambda conn: conn.close(),
+            lambda conn, used: True,
+            size=pool_size,
+            wait=busy_timeout,
+            on_change=self._connections_changed,
+        )
 
-    def _connection(self) -> sqlite3.Connection:
-        local = self._local
-        conn: sqlite3.Connection | None = getattr(local, "conn", None)
-        if conn is None or local.pid != os.getpid():
-            conn = sqlite3.connect(self.url.path, timeout=self._busy_timeout, isolation_level=None)
-            # FULL: an acknowledged write survives a power cut too, not only a crash.
-            conn.execute("PRAGMA synchronous = FULL")
-            local.conn, local.pid = conn, os.getpid()
-            self._connections_changed(+1)
+    def _open(self) -> sqlite3.Connection:
+        # check_same_thread=False: a pooled connection serves one thread at a time, but not
+        # always the same one.
+        conn = sqlite3.connect(
+            self.url.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        # FULL: an acknowledged write survives a power cut too, not only a crash.
+        conn.execute("PRAGMA synchronous = FULL")
         return conn
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        self._local.conn = None
-        if conn is not None:
-            conn.close()
-            self._connections_changed(-1)
+        self._pool.close_idle()
 
-    def _run(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
-        try:
-            return self._connection().execute(sql, params)
-        except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk I/O, ...
-            raise StoreUnavailable(f"sqlite: {exc}") from exc
+    def _run(self, sql: str, params: Sequence[Any] = ()) -> _Rows:
+        with self._pool.lease() as lease:
+            try:
+                cursor = lease.conn.execute(sql, params)
+                return _Rows(cursor.fetchall(), cursor.rowcount)
+            except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk I/O...
+                raise StoreUnavailable(f"sqlite: {exc}") from exc
 
     def _init_schema(self) -> str:
         path = Path(self.url.path)
@@ -805,19 +1068,20 @@ class SQLiteStore(Store):
         return WriteResult(row[0], created=row[0] == 1)
 
     def _insert_new(self, items: list[tuple[str, str]]) -> bool:
-        conn = self._connection()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
+        with self._pool.lease() as lease:
+            conn = lease.conn
             try:
-                conn.executemany("INSERT INTO vars (name, value) VALUES (?, ?)", items)
-            except sqlite3.IntegrityError:
-                conn.execute("ROLLBACK")
-                return False
-            conn.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise StoreUnavailable(f"sqlite: {exc}") from exc
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.executemany("INSERT INTO vars (name, value) VALUES (?, ?)", items)
+                except sqlite3.IntegrityError:
+                    conn.execute("ROLLBACK")
+                    return False
+                conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise StoreUnavailable(f"sqlite: {exc}") from exc
         return True
 
     def delete(self, name: str, *, if_version: int | None = None, if_exists: bool = False) -> bool:
@@ -838,9 +1102,12 @@ class SQLiteStore(Store):
 def open_store(config: dict[str, Any]) -> Store:
     """Build the store that ``config`` names. Connects to nothing yet."""
     url = DatabaseURL.parse(config["DATABASE_URL"], config.get("DATABASE_PASSWORD_FILE"))
+    pool_size = config["DATABASE_POOL_SIZE"]
     if url.scheme == "sqlite":
-        return SQLiteStore(url, busy_timeout=config["DATABASE_TIMEOUT"])
-    return MySQLStore(url, config["DATABASE_CONNECT_TIMEOUT"], config["DATABASE_TIMEOUT"])
+        return SQLiteStore(url, config["DATABASE_TIMEOUT"], pool_size)
+    return MySQLStore(
+        url, config["DATABASE_CONNECT_TIMEOUT"], config["DATABASE_TIMEOUT"], pool_size
+    )
 
 
 def get_store() -> Store:

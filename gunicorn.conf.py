@@ -1,8 +1,8 @@
 """gunicorn settings for var_keeper (``gunicorn app:app`` and ``python app.py`` read this file).
 
-Every value can be overridden from the environment: PORT, WEB_CONCURRENCY (worker processes),
-GUNICORN_THREADS (threads per worker). The defaults come from a measurement on 2 cores against
-MariaDB (see README, "Serving").
+Every value can be overridden from the environment: HOST, PORT, WEB_CONCURRENCY (worker
+processes), GUNICORN_WORKER_CLASS, GUNICORN_WORKER_CONNECTIONS, GUNICORN_THREADS. The defaults
+come from measurements on 2 cores against MariaDB (see README, "Serving").
 """
 
 import json
@@ -20,11 +20,15 @@ _own_metrics_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="var_keeper-metrics-"))
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '5000')}"
-# gthread: a thread blocked on the database does not hold the whole worker, and slow clients
-# are buffered by the main loop instead of tying up a worker (sync workers have neither).
-worker_class = "gthread"
+# gevent: every connection is a greenlet, so slow clients (slowloris) and long-lived requests
+# cost a greenlet each instead of a worker thread. With gthread, 50 connections that send half
+# a request header starved a 2x4-thread server for good (healthz timed out after 20 s); with
+# gevent, 300 of them left healthz answering. The database pool (DATABASE_POOL_SIZE per
+# worker) bounds the connections to the database. GUNICORN_WORKER_CLASS=gthread still works.
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gevent")
 workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))  # gthread only
+worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))  # gevent only
 keepalive = 5
 timeout = 30
 graceful_timeout = 20
@@ -74,6 +78,7 @@ def on_starting(server):
         shutil.rmtree(metrics_dir, ignore_errors=True)
         os.makedirs(metrics_dir, exist_ok=True)
     # The app's own loggers ("var_keeper", "var_keeper.db") go where gunicorn's go.
+    logging.getLogger("mysql.connector").setLevel(logging.WARNING)  # its INFO is per connection
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,14 @@ import db
 from tests.conftest import scratch_database, server_connection
 
 
-def mysql_store(url: str) -> db.MySQLStore:
+def mysql_store(url: str, pool_size: int = 4) -> db.MySQLStore:
     store = db.open_store(
-        {"DATABASE_URL": url, "DATABASE_CONNECT_TIMEOUT": 2, "DATABASE_TIMEOUT": 5}
+        {
+            "DATABASE_URL": url,
+            "DATABASE_CONNECT_TIMEOUT": 2,
+            "DATABASE_TIMEOUT": 1,
+            "DATABASE_POOL_SIZE": pool_size,
+        }
     )
     assert isinstance(store, db.MySQLStore)
     return store
@@ -93,19 +99,57 @@ def test_the_session_is_strict_utf8mb4_and_utc(store: db.MySQLStore):
     assert (charset, collation, zone) == ("utf8mb4", "utf8mb4_unicode_ci", "+00:00")
 
 
-def test_each_thread_has_its_own_connection(store: db.MySQLStore):
+def test_concurrent_borrowers_never_share_a_connection(store: db.MySQLStore):
     ids: list[int] = []
+    barrier = threading.Barrier(4)
 
-    def connection_id() -> None:
-        ids.append(store._query("SELECT CONNECTION_ID()")[0][0])
-        store.close()
+    def borrow() -> None:
+        with store._cursor() as cur:
+            cur.execute("SELECT CONNECTION_ID()")
+            ids.append(cur.fetchall()[0][0])
+            barrier.wait(timeout=10)  # all four hold their connection at the same time
 
-    threads = [threading.Thread(target=connection_id) for _ in range(4)]
+    threads = [threading.Thread(target=borrow) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     assert len(set(ids)) == 4
+    assert store.open_connections == 4
+
+
+def test_an_exhausted_pool_makes_callers_wait_then_answers_unavailable(mysql_server: str):
+    with scratch_database(mysql_server) as url:
+        store = mysql_store(url, pool_size=1)
+        store.ensure_ready()
+        released = threading.Event()
+
+        def hold() -> None:
+            with store._cursor():
+                released.wait(timeout=10)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        time.sleep(0.1)
+        started = time.monotonic()
+        with pytest.raises(db.StoreUnavailable, match="connections of this process stayed busy"):
+            store.get("x")
+        assert 0.9 < time.monotonic() - started < 3  # DATABASE_TIMEOUT is 1 s here
+        released.set()
+        holder.join()
+        assert store.get("x") is None  # the connection went back to the pool
+        store.close()
+
+
+def test_a_connection_is_reused_and_no_transaction_leaks_to_the_next_borrower(
+    store: db.MySQLStore,
+):
+    with store._cursor() as cur:
+        cur.execute("SELECT CONNECTION_ID(), @@autocommit")
+        [(first, autocommit)] = cur.fetchall()
+    [(second, still_autocommit)] = store._query("SELECT CONNECTION_ID(), @@autocommit")
+    assert (first, autocommit) == (second, 1)
+    assert still_autocommit == 1
 
 
 def test_a_connection_killed_by_the_server_is_replaced_on_the_next_call(
