@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import functools
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +16,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from tests.conftest import scratch_database, server_connection
+from tests.conftest import ROOT, free_port, scratch_database, server_connection, wait_for_http
 
 pytestmark = pytest.mark.slow
 
@@ -155,3 +159,29 @@ def test_the_tutorials_table_is_upgraded_in_place(gunicorn, mysql_server, charse
         logs = first.log() + servers[1].log()
         assert logs.count("schema migrated") == 1
         assert "Traceback" not in logs
+
+
+def test_python_app_py_serves_with_gunicorn_not_the_debug_server(tmp_path: Path):
+    port = free_port()
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "WEB_CONCURRENCY": "1",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'v.db'}",
+    }
+    log = tmp_path / "app.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/readyz", ok=lambda s: s == 200)
+        assert post(f"http://127.0.0.1:{port}/var/a", data={"value": "v"}).text == "OK"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    text = log.read_text()
+    assert "Starting gunicorn" in text
+    assert "Debugger" not in text
+    assert "development server" not in text
