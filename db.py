@@ -50,13 +50,16 @@ _LOCK_NAME = "var_keeper.schema"
 
 @dataclass(frozen=True, slots=True)
 class Variable:
-    """One stored variable. ``value`` is None when a listing did not ask for values."""
+    """One stored variable. ``value`` is None when a listing did not ask for values, and only
+    its beginning when it asked for previews; ``length`` is then the whole value's, in
+    characters."""
 
     name: str
     value: str | None
     version: int
     created_at: datetime
     updated_at: datetime
+    length: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,8 +171,10 @@ def _host_and_port(text: str) -> tuple[str, int]:
 
 def name_problem(name: str) -> str | None:
     """Why ``name`` cannot be a variable's name, or None if it can."""
-    if not name or name.startswith("/"):
-        return 'a name is not empty and does not start with "/"'
+    if not name:
+        return "a name may not be empty"
+    if name.startswith("/"):
+        return "a name may not start with /"
     if len(name) > MAX_NAME_CHARS:
         return f"a name may have at most {MAX_NAME_CHARS} characters"
     if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in name):
@@ -277,8 +282,16 @@ class Store(ABC):
         """How many variables there are."""
 
     @abstractmethod
-    def list(self, prefix: str, after: str | None, limit: int, with_values: bool) -> list[Variable]:
-        """Variables whose names start with ``prefix`` and sort after ``after``, in name order."""
+    def list(
+        self,
+        prefix: str,
+        after: str | None,
+        limit: int,
+        with_values: bool,
+        value_chars: int | None = None,
+    ) -> list[Variable]:
+        """Variables whose names start with ``prefix`` and sort after ``after``, in name order;
+        with ``value_chars``, each value cut to its first that many characters (previews)."""
 
     # Writes
 
@@ -771,8 +784,17 @@ class MySQLStore(Store):
     def count(self) -> int:
         return int(self._query("SELECT COUNT(*) FROM vars")[0][0])
 
-    def list(self, prefix: str, after: str | None, limit: int, with_values: bool) -> list[Variable]:
-        sql, params = _list_query(prefix, after, limit, with_values, "%s", lambda s: s.encode())
+    def list(
+        self,
+        prefix: str,
+        after: str | None,
+        limit: int,
+        with_values: bool,
+        value_chars: int | None = None,
+    ) -> list[Variable]:
+        sql, params = _list_query(
+            prefix, after, limit, with_values, "%s", lambda s: s.encode(), value_chars
+        )
         return [_variable(r) for r in self._query(sql, params)]
 
     # Writes
@@ -896,10 +918,11 @@ def _utc(value: Any) -> datetime:
 
 
 def _variable(row: Sequence[Any]) -> Variable:
-    name, value, version, created_at, updated_at = row
+    name, value, version, created_at, updated_at, *length = row
     if isinstance(name, bytes | bytearray):
         name = bytes(name).decode()
-    return Variable(name, value, int(version), _utc(created_at), _utc(updated_at))
+    whole = int(length[0]) if length else (len(value) if value is not None else None)
+    return Variable(name, value, int(version), _utc(created_at), _utc(updated_at), whole)
 
 
 def _list_query(
@@ -909,10 +932,19 @@ def _list_query(
     with_values: bool,
     mark: str,
     encode: Callable[[str], Any],
+    value_chars: int | None = None,
 ) -> tuple[str, list[Any]]:
     """A keyset-paginated range scan over the name index, in either dialect."""
     where: list[str] = []
     params: list[Any] = []
+    columns = _COLUMNS if with_values else _META_COLUMNS
+    if with_values and value_chars is not None:
+        # SUBSTR counts characters in both dialects: a page of previews never reads megabytes.
+        length = "LENGTH" if mark == "?" else "CHAR_LENGTH"  # characters, in either dialect
+        columns = (
+            f"name, SUBSTR(value, 1, {mark}), version, created_at, updated_at, {length}(value)"
+        )
+        params.append(value_chars)
     if prefix:
         where.append(f"name >= {mark}")
         params.append(encode(prefix))
@@ -923,7 +955,6 @@ def _list_query(
     if after is not None:
         where.append(f"name > {mark}")
         params.append(encode(after))
-    columns = _COLUMNS if with_values else _META_COLUMNS
     sql = f"SELECT {columns} FROM vars"
     if where:
         sql += " WHERE " + " AND ".join(where)
@@ -1028,8 +1059,15 @@ class SQLiteStore(Store):
     def count(self) -> int:
         return int(self._run("SELECT COUNT(*) FROM vars").fetchone()[0])
 
-    def list(self, prefix: str, after: str | None, limit: int, with_values: bool) -> list[Variable]:
-        sql, params = _list_query(prefix, after, limit, with_values, "?", lambda s: s)
+    def list(
+        self,
+        prefix: str,
+        after: str | None,
+        limit: int,
+        with_values: bool,
+        value_chars: int | None = None,
+    ) -> list[Variable]:
+        sql, params = _list_query(prefix, after, limit, with_values, "?", lambda s: s, value_chars)
         return [_variable(r) for r in self._run(sql, params).fetchall()]
 
     def put(

@@ -1,10 +1,271 @@
-"""The web page at ``/``: browse and edit variables (placeholder until the page lands)."""
+"""The web page at ``/``: browse, search, set, edit and delete variables in a browser.
 
-from flask import Blueprint
+Server-rendered Jinja2 with plain HTML forms, so everything works with JavaScript off; the one
+script (``static/web.js``) only adds a confirm() before a delete. Every write the page makes is
+conditional: a new variable is created only if the name is free, an edit or delete applies only
+to the version the user saw. When someone else got there first, the user sees both values
+(409) instead of having theirs silently overwritten or lost.
+
+Names travel in query strings and form fields, never in the path: a browser rewrites ``.`` and
+``..`` path segments, and a name such as ``a/../b`` must still reach its own page.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
+from werkzeug.datastructures import MultiDict
+
+import db
 
 bp = Blueprint("web", __name__)
 
+# What the page needs and nothing more: our stylesheet, our one script, forms posting back to us.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; style-src 'self'; script-src 'self'; form-action 'self'; "
+    "base-uri 'none'; frame-ancestors 'none'"
+)
+# A page shows previews (the first PREVIEW_CHARS characters, all the database sends).
+PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
+PREVIEW_CHARS = 160
+PREVIEW_LINES = 3
+
+
+@bp.after_request
+def page_headers(response: Response) -> Response:
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    # Names are in the page URLs; do not hand them to whatever site a user goes to next.
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+# --- Template helpers
+
+
+@bp.app_template_filter("preview")
+def preview(value: str) -> str:
+    """The first few lines of ``value``, cut at PREVIEW_CHARS, for the listing only."""
+    short = "\n".join(value.split("\n")[:PREVIEW_LINES])[:PREVIEW_CHARS]
+    return short + "…" if short != value else short
+
+
+@bp.app_template_filter("when")
+def when(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+@bp.app_template_filter("isotime")
+def isotime(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+# --- Helpers
+
+
+def _store() -> db.Store:
+    store = db.get_store()
+    store.ensure_ready()
+    return store
+
+
+def _page(template: str, status: int = 200, /, **context: Any) -> tuple[str, int]:
+    return render_template(template, **context), status
+
+
+def _error(status: int, message: str) -> tuple[str, int]:
+    return _page("error.html", status, status=status, message=message)
+
+
+def _form() -> MultiDict[str, str] | None:
+    """The urlencoded form, decoded strictly; None if it is another type or not valid UTF-8.
+
+    Werkzeug's parser would keep an undecodable escape as literal text and so store something
+    the user never typed.
+    """
+    if request.mimetype != "application/x-www-form-urlencoded":
+        return None
+    try:
+        text = request.get_data(cache=False).decode("utf-8")
+        return MultiDict(parse_qsl(text, keep_blank_values=True, errors="strict"))
+    except UnicodeDecodeError:
+        return None
+
+
+def _line_ending(value: str) -> str | None:
+    """``"lf"`` or ``"crlf"`` if a browser form can give ``value`` back unchanged, else None.
+
+    A browser submits every line break of a textarea as CRLF and turns NUL into U+FFFD, so only
+    values free of NUL whose line breaks are all LF or all CRLF survive an edit round trip.
+    """
+    if "\0" in value:
+        return None
+    if "\r" not in value:
+        return "lf"
+    bare = value.replace("\r\n", "")
+    return "crlf" if "\r" not in bare and "\n" not in bare else None
+
+
+def _from_textarea(value: str, newline: str) -> str:
+    """Undo the browser's CRLF line breaks, back to the style the value had (LF if new)."""
+    value = value.replace("\r\n", "\n")
+    return value.replace("\n", "\r\n") if newline == "crlf" else value
+
+
+def _write_problem(name: str, value: str) -> tuple[int, str] | None:
+    """The status and reason to refuse writing ``value`` to ``name``, or None."""
+    problem = db.name_problem(name)
+    if problem is not None:
+        return 400, problem
+    size = len(value.encode("utf-8"))
+    max_bytes = current_app.config["MAX_VALUE_BYTES"]
+    if size > max_bytes:
+        return 413, f"the value is {size} bytes; the limit is {max_bytes}"
+    return None
+
+
+def _form_version(raw: str) -> int | None:
+    """The version a form was loaded at; None (an empty field) means "create, only if absent"."""
+    if raw == "":
+        return None
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
+        raise ValueError(f"invalid version {raw!r}")
+    return int(raw)
+
+
+# --- Pages
+
 
 @bp.get("/")
-def index() -> str:
-    return "var_keeper"
+def index() -> tuple[str, int]:
+    prefix = request.args.get("prefix", "")
+    after = request.args.get("after") or None
+    raw_limit = request.args.get("limit", str(PAGE_SIZE))
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE_SIZE:
+        return _error(400, f"limit must be a whole number from 1 to {MAX_PAGE_SIZE}")
+    limit = int(raw_limit)
+    # One character more than a preview shows, so that the preview knows it was cut.
+    variables = _store().list(prefix, after, limit + 1, True, value_chars=PREVIEW_CHARS + 1)
+    next_url = None
+    if len(variables) > limit:
+        variables = variables[:limit]
+        next_url = url_for(
+            "web.index",
+            prefix=prefix or None,
+            after=variables[-1].name,
+            limit=limit if limit != PAGE_SIZE else None,
+        )
+    return _page(
+        "index.html",
+        variables=variables,
+        prefix=prefix,
+        after=after,
+        limit=limit if limit != PAGE_SIZE else None,
+        next_url=next_url,
+        deleted=request.args.get("deleted"),
+        new_name=request.args.get("new", ""),
+    )
+
+
+@bp.get("/view")
+def view() -> tuple[str, int]:
+    name = request.args.get("name", "")
+    var = _store().get(name)
+    if var is None:
+        return _page("missing.html", 404, name=name)
+    saved = request.args.get("saved", "")
+    return _page("view.html", var=var, saved=int(saved) if saved.isdigit() else None)
+
+
+@bp.get("/edit")
+def edit() -> tuple[str, int]:
+    name = request.args.get("name", "")
+    var = _store().get(name)
+    if var is None:
+        return _page("missing.html", 404, name=name)
+    return _page(
+        "edit.html",
+        name=var.name,
+        value=var.value,
+        version=var.version,
+        line_ending=_line_ending(var.value or ""),
+        var=var,
+    )
+
+
+@bp.post("/save")
+def save() -> Response | tuple[str, int]:
+    form = _form()
+    if form is None:
+        return _error(400, "the form did not arrive as URL-encoded UTF-8; please try again")
+    name = form.get("name", "")
+    value = form.get("value")
+    try:
+        version = _form_version(form.get("version", ""))
+    except ValueError:
+        version, value = None, None
+    if value is None:
+        return _error(400, "the form is missing its value or has an invalid version")
+    value = _from_textarea(value, form.get("newline", "lf"))
+    refused = _write_problem(name, value)
+    if refused is not None:
+        status, problem = refused
+        return _page(
+            "edit.html",
+            status,
+            name=name,
+            value=value,
+            version=version,
+            line_ending=_line_ending(value),
+            problem=problem,
+        )
+    store = _store()
+    try:
+        if version is None:
+            result = store.put(name, value, if_absent=True)
+        else:
+            result = store.put(name, value, if_version=version)
+    except db.PreconditionFailed:
+        return _page(
+            "conflict.html",
+            409,
+            name=name,
+            value=value,
+            version=version,
+            line_ending=_line_ending(value),
+            current=store.get(name),
+        )
+    return redirect(url_for("web.view", name=name, saved=result.version), 303)
+
+
+@bp.post("/delete")
+def delete() -> Response | tuple[str, int]:
+    form = _form()
+    if form is None:
+        return _error(400, "the form did not arrive as URL-encoded UTF-8; please try again")
+    name = form.get("name", "")
+    store = _store()
+    if form.get("confirmed") != "yes":
+        # Without JavaScript there was no confirm(): ask here, about the value as it is now.
+        var = store.get(name)
+        if var is None:
+            return _page("missing.html", 404, name=name)
+        return _page("delete.html", var=var)
+    try:
+        version = _form_version(form.get("version", ""))
+    except ValueError:
+        version = None
+    if version is None:
+        return _error(400, "the form is missing the version to delete")
+    try:
+        store.delete(name, if_version=version)
+    except db.PreconditionFailed:
+        current = store.get(name)
+        if current is None:
+            return _page("missing.html", 409, name=name, gone=True)
+        return _page("delete.html", 409, var=current, changed_from=version)
+    return redirect(url_for("web.index", deleted=name), 303)
