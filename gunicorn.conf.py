@@ -29,7 +29,8 @@ worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gevent")
 workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))  # gthread only
 worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))  # gevent only
-keepalive = 5
+# Short: with gevent, an idle kept-alive connection holds a stopping worker until it expires.
+keepalive = 2
 timeout = 30
 graceful_timeout = 20
 
