@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: run test lint format clean
+.PHONY: run test lint format clean docker-build docker-run
 
 $(VENV)/.runtime: requirement.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,8 @@ run: $(VENV)/.runtime
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/actionlint .github/workflows/*.yml
 
 test: $(VENV)/.dev lint
 	$(VENV)/bin/pytest
@@ -29,6 +31,43 @@ test: $(VENV)/.dev lint
 format: $(VENV)/.dev
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# The image as the README's "Run with Docker" uses it. On this repo's CI sandbox, add
+# DOCKER_NETWORK=--network=host (see ../shared/container-engine/README.md).
+IMAGE ?= varkeeper/var_keeper
+DOCKER_NETWORK ?=
+
+docker-build:
+	docker build $(DOCKER_NETWORK) -t $(IMAGE) .
+
+docker-run: docker-build
+	docker run --rm -p 5000:5000 -v var_keeper-data:/app/instance $(DOCKER_NETWORK) $(IMAGE)
+
+# The benchmark (bench/run.py): starts a private MariaDB, gunicorn, webdis and etcd on 127.0.0.1,
+# measures in one run (about 10 minutes) and writes bench/results/. bench-smoke is CI's few
+# seconds of it, so that it cannot rot; it asserts no timing.
+.PHONY: bench bench-smoke bench-deps
+BENCH_PACKAGES := wrk mariadb-server mariadb-client redis-server webdis etcd-server
+
+$(VENV)/.bench: $(VENV)/.runtime bench/requirements.txt
+	$(PY) -m pip install --quiet -r bench/requirements.txt
+	touch $@
+
+bench-deps:
+	@missing=""; for pkg in $(BENCH_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q "install ok installed" \
+	    || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+bench: $(VENV)/.bench bench-deps
+	$(PY) -m bench.run
+
+bench-smoke: $(VENV)/.runtime
+	$(PY) -m bench.run --smoke
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis instance
