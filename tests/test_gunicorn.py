@@ -101,6 +101,7 @@ def test_it_starts_without_the_database_answers_503_then_recovers_by_itself(
     log = server.log()
     assert "waiting for the database at mysql://keeper:***@127.0.0.1" in log
     assert "store ready" in log
+    assert "connection class MySQLConnection (pure Python" in log
     assert password not in log
     assert "Traceback" not in log
 
