@@ -47,7 +47,7 @@ def settings_from_env(instance_path: str) -> dict[str, Any]:
         "DATABASE_PASSWORD_FILE": os.environ.get("DATABASE_PASSWORD_FILE") or None,
         "DATABASE_CONNECT_TIMEOUT": _env_int("DATABASE_CONNECT_TIMEOUT", 3),
         "DATABASE_TIMEOUT": _env_int("DATABASE_TIMEOUT", 10),
-        "DATABASE_POOL_SIZE": _env_int("DATABASE_POOL_SIZE", 8),
+        "DATABASE_POOL_SIZE": _env_int("DATABASE_POOL_SIZE", 16),
         "MAX_VALUE_BYTES": _env_int("MAX_VALUE_BYTES", 1024 * 1024),
         "READ_TOKENS": _tokens("READ_TOKENS"),
         "WRITE_TOKENS": _tokens("WRITE_TOKENS"),

@@ -108,7 +108,7 @@ def profile_worker(
         if out.exists():
             for line in out.read_text().splitlines():
                 stack, _, count = line.rpartition(" ")
-                if stack:
+                if stack and count.isdigit():  # a frame's text may itself hold spaces
                     stacks[stack] = stacks.get(stack, 0) + int(count)
             out.unlink()
     raw = prefix.with_suffix(".txt")
