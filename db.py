@@ -4,8 +4,9 @@ Two stores share one interface (:class:`Store`): :class:`MySQLStore` for product
 MariaDB 10.6+) and :class:`SQLiteStore`, the embedded default. They differ only where the SQL
 dialect does. The views in ``app.py`` call the store and never see a connection or a query.
 
-Connections are per thread and opened lazily, after gunicorn has forked: never one connection
-shared by threads, never one inherited from a parent process. Every statement is parameterized;
+Connections come from a bounded pool per process (:class:`ConnectionPool`), opened lazily after
+gunicorn has forked: a connection serves one request at a time and never crosses a fork. Every
+statement is parameterized;
 the only identifier ever put into SQL text (the database name in ``CREATE DATABASE``) is
 validated against a strict pattern first.
 """
@@ -26,7 +27,7 @@ import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,7 @@ class DatabaseURL:
     host: str = ""
     port: int = 3306
     user: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)
     database: str = ""
     path: str = ""
     hosts: tuple[tuple[str, int], ...] = ()
@@ -267,7 +268,7 @@ class Store(ABC):
 
     @abstractmethod
     def close(self) -> None:
-        """Close this thread's connection, if any."""
+        """Close the connections not in use (they are opened again when needed)."""
 
     # Reads
 
@@ -394,6 +395,12 @@ class ConnectionPool:
         try:
             lease = self._take()
             yield lease
+        except BaseException as exc:
+            # Not an error the store handled (a greenlet killed mid-statement, an interrupt):
+            # the connection may be half-way through a reply, so it is not lent again.
+            if lease is not None and not isinstance(exc, Exception):
+                lease.broken = True
+            raise
         finally:
             if lease is not None:
                 if lease.broken:
@@ -661,6 +668,10 @@ class MySQLStore(Store):
                 yield lease.cursor
             except self._errors.Error as exc:
                 errno = getattr(exc, "errno", None)
+                if errno is None or errno < 0 or 2000 <= errno < 3000:
+                    # A client-side error (e.g. "Unread result found"): the connection may be
+                    # out of step with the server, so it is not lent again.
+                    lease.broken = True
                 if errno == _CONFLICT:  # rolled back; the connection is fine
                     raise _NotApplied(_describe(exc)) from exc
                 if errno == _NODE_NOT_READY:  # this node left the cluster's primary component
@@ -734,7 +745,9 @@ class MySQLStore(Store):
         try:
             cur = conn.cursor()
             # Several workers and replicas start together: one of them migrates, the others wait.
-            cur.execute("SELECT GET_LOCK(%s, 60)", (_LOCK_NAME,))
+            # Waiting less long than the client's read timeout, so it is the lock that times out.
+            wait = max(1, self._statement_timeout - 1)
+            cur.execute("SELECT GET_LOCK(%s, %s)", (_LOCK_NAME, wait))
             if cur.fetchone()[0] != 1:
                 raise StoreUnavailable(
                     "timed out waiting for another instance to prepare the schema"

@@ -43,7 +43,7 @@ def test_the_password_never_shows_in_the_url_text():
     url = db.DatabaseURL.parse("mysql://app:p%40ss@db:3307/store")
     assert url.password == "p@ss"
     assert str(url) == "mysql://app:***@db:3307/store"
-    assert "p@ss" not in repr(url) or "password" in repr(url)
+    assert "p@ss" not in repr(url)
 
 
 def test_a_password_file_overrides_the_url(tmp_path: Path):
