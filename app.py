@@ -36,7 +36,11 @@ TEXT = "text/plain; charset=utf-8"
 
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name)
-    return int(raw) if raw else default
+    if not raw:
+        return default
+    if not raw.strip().isdigit():
+        raise ValueError(f"{name} must be a whole number, not {raw!r}")
+    return int(raw)
 
 
 def settings_from_env(instance_path: str) -> dict[str, Any]:
@@ -503,20 +507,19 @@ def _register_routes(app: Flask) -> None:
             return _batch(names)
         prefix = request.args.get("prefix", "")
         after = request.args.get("after")
+        # One row more than a page tells whether there is a next page.
         items = ready_store().list(prefix, after, limit + 1, with_values)
-        more = len(items) > limit
-        items = items[:limit]
-        body: dict[str, Any] = {"variables": [_as_dict(v) for v in items], "next": None}
-        response = _json(body)
-        if more:
+        next_url = None
+        if len(items) > limit:
+            items = items[:limit]
             query = {"prefix": prefix, "limit": limit, "after": items[-1].name}
             if with_values:
                 query["values"] = "true"
             next_url = "/var?" + urlencode(
                 {k: v for k, v in query.items() if v != ""}, quote_via=quote
             )
-            body["next"] = next_url
-            response = _json(body)
+        response = _json({"variables": [_as_dict(v) for v in items], "next": next_url})
+        if next_url:
             response.headers["Link"] = f'<{next_url}>; rel="next"'
         return response
 
