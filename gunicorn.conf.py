@@ -32,7 +32,8 @@ worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000")) 
 # Short: with gevent, an idle kept-alive connection holds a stopping worker until it expires.
 keepalive = 2
 timeout = 30
-graceful_timeout = 20
+# Under Docker's default stop timeout (10 s), so that `docker stop` always ends in a clean exit.
+graceful_timeout = 8
 
 
 class JsonAccessLogger(Logger):
