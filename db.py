@@ -61,6 +61,34 @@ class Variable:
     created_at: datetime
     updated_at: datetime
     length: int | None = None
+    expires_at: datetime | None = None  # None: permanent
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One entry of the change log (``var_changes``): a write, a delete or an expiry.
+
+    ``seq`` orders every change of the database (dense and in commit order: see ``_SEQ_*``);
+    ``version`` orders the changes of one name and keeps counting across a delete, so that
+    (name, version) names one change. A delete or an expiry has a version of its own and no
+    value. ``actor`` is a token's public identifier, or None without tokens.
+    """
+
+    seq: int
+    name: str
+    version: int
+    op: str  # "set", "delete" or "expire"
+    value: str | None
+    changed_at: datetime
+    actor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SweepResult:
+    """What one pass of the background sweeper removed."""
+
+    expired: int
+    pruned: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +114,10 @@ class _ConnectionLost(StoreUnavailable):
 class _NotApplied(StoreUnavailable):
     """The server rolled the statement back or refused to run it: it changed nothing, so it may
     run again. A Galera certification conflict (or an InnoDB deadlock), a node not ready."""
+
+
+class _Taken(StoreError):
+    """A bulk insert met a name that exists: the transaction is rolled back."""
 
 
 class PreconditionFailed(StoreError):
@@ -305,17 +337,21 @@ class Store(ABC):
         if_version: int | None = None,
         if_absent: bool = False,
         if_exists: bool = False,
+        ttl: float | None = None,
+        actor: str | None = None,
     ) -> WriteResult:
         """Store ``value``; with a condition, only if the variable is at ``if_version``, does not
         exist (``if_absent``) or exists (``if_exists``). A failed condition raises
-        PreconditionFailed; the check and the write are one atomic statement."""
+        PreconditionFailed. With ``ttl`` (seconds) the variable expires that long after the
+        write; without, it is permanent. The write and its change-log entry are one
+        transaction."""
 
     def import_batch(self, items: Sequence[tuple[str, str]]) -> tuple[int, int]:
         """Store many (name, value) pairs, changing only what differs; return (created, updated).
 
         Idempotent: importing the same data twice changes nothing the second time, not even a
-        version. New names go in one multi-row statement; if someone else created one of them
-        meanwhile, the batch falls back to ordinary writes.
+        version. New names go in one transaction (rows and change-log entries); if someone else
+        created one of them meanwhile, the batch falls back to ordinary writes.
         """
         current = {v.name: v.value for v in self.get_many(sorted({n for n, _ in items}))}
         new = dict((n, v) for n, v in items if n not in current)
@@ -329,12 +365,54 @@ class Store(ABC):
 
     @abstractmethod
     def _insert_new(self, items: list[tuple[str, str]]) -> bool:
-        """Insert names that did not exist, all or none; False if one exists by now."""
+        """Insert names that do not exist (an expired row counts as existing here), all or
+        none, with their change-log entries; False if one exists by now."""
 
     @abstractmethod
-    def delete(self, name: str, *, if_version: int | None = None, if_exists: bool = False) -> bool:
+    def delete(
+        self,
+        name: str,
+        *,
+        if_version: int | None = None,
+        if_exists: bool = False,
+        actor: str | None = None,
+    ) -> bool:
         """Delete the variable; False if there was none. With a condition (at ``if_version``,
         or existing at all), raise PreconditionFailed instead of returning False."""
+
+    # The change log
+
+    @abstractmethod
+    def history(
+        self, name: str, before_version: int | None, limit: int, with_values: bool
+    ) -> list[Change]:
+        """``name``'s retained changes older than ``before_version``, newest first."""
+
+    @abstractmethod
+    def change(self, name: str, version: int) -> Change | None:
+        """One retained change of ``name``, with its value."""
+
+    @abstractmethod
+    def changes_since(self, after_seq: int, upto_seq: int, prefix: str, limit: int) -> list[Change]:
+        """Changes with ``after_seq < seq <= upto_seq`` under ``prefix``, in seq order, with
+        values."""
+
+    @abstractmethod
+    def recent_changes(self, after_seq: int, limit: int) -> list[Change]:
+        """The next changes after ``after_seq``, in seq order, without values (the feed)."""
+
+    @abstractmethod
+    def last_seq(self) -> int:
+        """The seq of the newest committed change (0 if none ever)."""
+
+    @abstractmethod
+    def first_seq(self) -> int | None:
+        """The seq of the oldest retained change, None if none is retained."""
+
+    @abstractmethod
+    def sweep(self, keep_versions: int, keep_days: float, batch: int) -> SweepResult:
+        """Remove at most ``batch`` expired variables (recording their expiry) and at most
+        ``batch`` changes out of retention. Safe to run in several processes at once."""
 
 
 # --- Connections
@@ -453,9 +531,57 @@ CREATE TABLE IF NOT EXISTS vars (
     version BIGINT UNSIGNED NOT NULL DEFAULT 1,
     created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
     updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
-    PRIMARY KEY (name)
+    expires_at DATETIME(6) NULL,
+    PRIMARY KEY (name),
+    KEY expires_at (expires_at)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
 """
+# The change log. seq is allocated from the one-row counter var_seq inside the write's own
+# transaction (UPDATE ... LAST_INSERT_ID(n + 1)): the counter's row lock is held until COMMIT, so
+# seqs commit in order and without gaps (a rolled-back write rolls its seq back too). A reader
+# that has seen seq N has seen every change up to N: a watcher can never skip one, which an
+# AUTO_INCREMENT (allocated at insert, committed in any order) would not guarantee.
+_MYSQL_CHANGES_TABLE = f"""
+CREATE TABLE IF NOT EXISTS var_changes (
+    seq BIGINT UNSIGNED NOT NULL,
+    name VARBINARY({_NAME_COLUMN_BYTES}) NOT NULL,
+    version BIGINT UNSIGNED NOT NULL,
+    op VARCHAR(6) CHARACTER SET ascii NOT NULL,
+    value LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+    changed_at DATETIME(6) NOT NULL,
+    actor VARCHAR(16) CHARACTER SET ascii NULL,
+    PRIMARY KEY (seq),
+    UNIQUE KEY name_version (name, version)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
+"""
+_MYSQL_SEQ_TABLE = """
+CREATE TABLE IF NOT EXISTS var_seq (
+    id TINYINT UNSIGNED NOT NULL PRIMARY KEY,
+    n BIGINT UNSIGNED NOT NULL
+) ENGINE=InnoDB
+"""
+# Idempotent, in this order: each step may have been done by another instance meanwhile.
+_MYSQL_HISTORY_MIGRATIONS = (
+    _MYSQL_CHANGES_TABLE,
+    _MYSQL_SEQ_TABLE,
+    "INSERT IGNORE INTO var_seq (id, n) SELECT 1, COALESCE(MAX(seq), 0) FROM var_changes",
+)
+_MYSQL_EXPIRY_MIGRATION = (
+    "ALTER TABLE vars ADD COLUMN expires_at DATETIME(6) NULL, ADD KEY expires_at (expires_at)"
+)
+_MYSQL_NOW = "UTC_TIMESTAMP(6)"
+_MYSQL_LIVE = "(expires_at IS NULL OR expires_at > UTC_TIMESTAMP(6))"
+# DATE_ADD(..., INTERVAL NULL ...) is NULL: one statement for "expires in ttl" and "permanent".
+_MYSQL_EXPIRES = "DATE_ADD(UTC_TIMESTAMP(6), INTERVAL %s MICROSECOND)"
+_MYSQL_NEXT_SEQ = "UPDATE var_seq SET n = LAST_INSERT_ID(n + 1) WHERE id = 1"
+_MYSQL_LOG_SET = (
+    "INSERT INTO var_changes (seq, name, version, op, value, changed_at, actor) "
+    "SELECT LAST_INSERT_ID(), name, version, 'set', value, updated_at, %s FROM vars WHERE name = %s"
+)
+_MYSQL_LOG_GONE = (
+    "INSERT INTO var_changes (seq, name, version, op, value, changed_at, actor) "
+    "VALUES (LAST_INSERT_ID(), %s, %s, %s, NULL, UTC_TIMESTAMP(6), %s)"
+)
 # The tutorial's table: vars(id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(100),
 # value VARCHAR(100), UNIQUE (name)), in the server's default character set (latin1 on older
 # MariaDB). CONVERT re-encodes both columns to utf8mb4 before the name becomes bytes, so every
@@ -470,8 +596,12 @@ _MYSQL_MIGRATIONS = (
         ADD COLUMN created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
         ADD COLUMN updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)""",
 )
-_COLUMNS = "name, value, version, created_at, updated_at"
-_META_COLUMNS = "name, NULL, version, created_at, updated_at"
+_COLUMNS = "name, value, version, created_at, updated_at, expires_at"
+_META_COLUMNS = "name, NULL, version, created_at, updated_at, expires_at"
+# A variable whose deadline has passed reads as absent at once, before the sweeper removes it.
+_LIVE = "(expires_at IS NULL OR expires_at > {now})"
+_CHANGE_COLUMNS = "seq, name, version, op, value, changed_at, actor"
+_CHANGE_META_COLUMNS = "seq, name, version, op, NULL, changed_at, actor"
 
 # Client error codes that mean the connection is gone (and the server codes it sends on KILL and
 # on wait_timeout before closing).
@@ -519,6 +649,7 @@ class MySQLStore(Store):
         self._errors = mysql.connector.errors
         self._connect_timeout = connect_timeout
         self._statement_timeout = statement_timeout
+        self._prune_cursor = 0  # the seq the version-retention walk of the log got to
         self.init_wait = connect_timeout + 1
         # Per process: until when each host (an index into url.hosts) is tried last, and which
         # host each open connection is on, with when it was opened.
@@ -575,7 +706,19 @@ class MySQLStore(Store):
         }
         if database:
             args["database"] = database
-        return self._connect_first_ready(args)
+        conn = self._connect_first_ready(args)
+        try:
+            cur = conn.cursor()
+            # A write is a transaction now (the row, the seq, the change-log entry). Under
+            # REPEATABLE READ its UPDATE of a missing name would hold a gap lock until COMMIT,
+            # and two writers creating names in the same gap would deadlock on each other's:
+            # READ COMMITTED locks only the rows it touches. Same syntax on MySQL and MariaDB.
+            cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            cur.close()
+        except self._errors.Error as exc:
+            self._close_connection(conn)
+            raise StoreUnavailable(_describe(exc)) from exc
+        return conn
 
     def _connect_first_ready(self, args: dict[str, Any]) -> Any:
         """A connection to the first host that answers and is ready, trying the hosts in their
@@ -780,6 +923,36 @@ class MySQLStore(Store):
             conn.close()
 
     def _create_or_migrate(self, cur: Any) -> str:
+        outcome = self._create_or_migrate_vars(cur)
+        if self._add_history_and_expiry(cur) and outcome == "up to date":
+            outcome = "migrated"
+        return outcome
+
+    def _add_history_and_expiry(self, cur: Any) -> bool:
+        """Give a database of an earlier version vars.expires_at, var_changes and var_seq;
+        True if something had to be added. Idempotent, and harmless when another instance
+        (on another Galera node, past GET_LOCK) does the same at the same time."""
+        changed = False
+        if "expires_at" not in _vars_columns(cur):
+            log.info("adding vars.expires_at")
+            try:
+                cur.execute(_MYSQL_EXPIRY_MIGRATION)
+            except self._errors.Error:
+                if "expires_at" not in _vars_columns(cur):
+                    raise
+            changed = True
+        cur.execute(
+            "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() "
+            "AND TABLE_NAME IN ('var_changes', 'var_seq')"
+        )
+        if cur.fetchall()[0][0] != 2:
+            log.info("creating the change log (var_changes, var_seq)")
+            for statement in _MYSQL_HISTORY_MIGRATIONS:
+                cur.execute(statement)
+            changed = True
+        return changed
+
+    def _create_or_migrate_vars(self, cur: Any) -> str:
         columns = _vars_columns(cur)
         if not columns:
             cur.execute(_MYSQL_TABLE)  # IF NOT EXISTS: another node may have created it
@@ -807,7 +980,9 @@ class MySQLStore(Store):
     # Reads
 
     def get(self, name: str) -> Variable | None:
-        rows = self._query(f"SELECT {_COLUMNS} FROM vars WHERE name = %s", (name.encode(),))
+        rows = self._query(
+            f"SELECT {_COLUMNS} FROM vars WHERE name = %s AND {_MYSQL_LIVE}", (name.encode(),)
+        )
         return _variable(rows[0]) if rows else None
 
     def get_many(self, names: Sequence[str]) -> list[Variable]:
@@ -815,13 +990,13 @@ class MySQLStore(Store):
             return []
         marks = ", ".join(["%s"] * len(names))
         rows = self._query(
-            f"SELECT {_COLUMNS} FROM vars WHERE name IN ({marks}) ORDER BY name",
+            f"SELECT {_COLUMNS} FROM vars WHERE name IN ({marks}) AND {_MYSQL_LIVE} ORDER BY name",
             [n.encode() for n in names],
         )
         return [_variable(r) for r in rows]
 
     def count(self) -> int:
-        return int(self._query("SELECT COUNT(*) FROM vars")[0][0])
+        return int(self._query(f"SELECT COUNT(*) FROM vars WHERE {_MYSQL_LIVE}")[0][0])
 
     def list(
         self,
@@ -836,7 +1011,32 @@ class MySQLStore(Store):
         )
         return [_variable(r) for r in self._query(sql, params)]
 
-    # Writes
+    # Writes: each one a transaction on one pooled connection, with its change-log entry
+
+    def _transaction(self, work: Callable[[Any], Any]) -> Any:
+        """Run ``work(cursor)`` in one transaction and commit it; roll back on any exception
+        before the connection goes back to the pool. A transaction the server rolled back (a
+        deadlock, a Galera certification conflict) runs again as a whole, like ``_execute``."""
+        for attempt in range(1, _WRITE_ATTEMPTS + 1):
+            try:
+                with self._cursor() as cur:
+                    cur.execute("START TRANSACTION")
+                    try:
+                        result = work(cur)
+                        cur.execute("COMMIT")
+                    except BaseException:
+                        cur.execute("ROLLBACK")  # fails only on a broken connection: closed
+                        raise
+                    return result
+            except _NotApplied as exc:
+                if attempt == _WRITE_ATTEMPTS:
+                    raise StoreUnavailable(
+                        f"a write was rolled back {attempt} times in a row ({exc})"
+                    ) from exc
+                log.info("write retried (attempt %d of %d): %s", attempt + 1, _WRITE_ATTEMPTS, exc)
+                backoff = min(_BACKOFF_SECONDS * 2**attempt, _BACKOFF_MAX_SECONDS)
+                time.sleep(random.uniform(0, backoff))  # noqa: S311
+        raise AssertionError("unreachable")
 
     def put(
         self,
@@ -846,74 +1046,260 @@ class MySQLStore(Store):
         if_version: int | None = None,
         if_absent: bool = False,
         if_exists: bool = False,
+        ttl: float | None = None,
+        actor: str | None = None,
     ) -> WriteResult:
         key = name.encode()
-        if if_version is not None:
-            changed, _ = self._execute(
-                "UPDATE vars SET value = %s, version = version + 1, updated_at = UTC_TIMESTAMP(6) "
-                "WHERE name = %s AND version = %s",
-                (value, key, if_version),
-            )
-            if not changed:
-                raise PreconditionFailed(name)
-            return WriteResult(if_version + 1, created=False)
-        if not if_absent:
-            updated = self._update(key, value)
-            if updated is not None:
-                return updated
-            if if_exists:
-                raise PreconditionFailed(name)
-        while True:
-            try:
-                self._execute(
-                    "INSERT INTO vars (name, value, version, created_at, updated_at) "
-                    "VALUES (%s, %s, 1, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))",
-                    (key, value),
-                )
-                return WriteResult(1, created=True)
-            except self._errors.IntegrityError as exc:
-                if exc.errno != 1062:
-                    raise
-                if if_absent:
-                    raise PreconditionFailed(name) from exc
-            # Another writer created it between our UPDATE and INSERT: update it after all.
-            updated = self._update(key, value)
-            if updated is not None:
-                return updated
+        micros = None if ttl is None else int(ttl * 1_000_000)
 
-    def _insert_new(self, items: list[tuple[str, str]]) -> bool:
-        rows = ", ".join(["(%s, %s, 1, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))"] * len(items))
-        params = [p for name, value in items for p in (name.encode(), value)]
+        def work(cur: Any) -> WriteResult:
+            result = None
+            if not if_absent:
+                # LAST_INSERT_ID(expr) hands the new version back in the OK packet.
+                sql = (
+                    "UPDATE vars SET value = %s, version = LAST_INSERT_ID(version + 1), "
+                    f"updated_at = UTC_TIMESTAMP(6), expires_at = {_MYSQL_EXPIRES} "
+                    f"WHERE name = %s AND {_MYSQL_LIVE}"
+                )
+                params: tuple[Any, ...] = (value, micros, key)
+                if if_version is not None:
+                    sql, params = sql + " AND version = %s", (*params, if_version)
+                cur.execute(sql, params)
+                if cur.rowcount:
+                    result = WriteResult(int(cur.lastrowid), created=False)
+                elif if_version is not None or if_exists:
+                    raise PreconditionFailed(name)
+            if result is None:
+                result = self._create(cur, name, value, micros, if_absent)
+            cur.execute(_MYSQL_NEXT_SEQ)
+            cur.execute(_MYSQL_LOG_SET, (actor, key))
+            return result
+
+        return self._transaction(work)
+
+    def _create(
+        self, cur: Any, name: str, value: str, micros: int | None, if_absent: bool
+    ) -> WriteResult:
+        """Insert ``name``, its version continuing from its retained history (a recreated
+        variable never reuses a version, so an old ETag cannot match it). If an expired row is
+        in the way, expire it first; if a live one is (created meanwhile), update it unless
+        ``if_absent``."""
+        key = name.encode()
         try:
-            self._execute(
-                f"INSERT INTO vars (name, value, version, created_at, updated_at) VALUES {rows}",
-                params,
+            cur.execute(
+                "INSERT INTO vars (name, value, version, created_at, updated_at, expires_at) "
+                "SELECT %s, %s, LAST_INSERT_ID(COALESCE(MAX(version), 0) + 1), "
+                f"UTC_TIMESTAMP(6), UTC_TIMESTAMP(6), {_MYSQL_EXPIRES} "
+                "FROM var_changes WHERE name = %s",
+                (key, value, micros, key),
             )
+            return WriteResult(int(cur.lastrowid), created=True)
         except self._errors.IntegrityError as exc:
             if exc.errno != 1062:
                 raise
+        if self._expire_row(cur, key, None):
+            return self._create(cur, name, value, micros, if_absent)
+        if if_absent:
+            raise PreconditionFailed(name)
+        cur.execute(
+            "UPDATE vars SET value = %s, version = LAST_INSERT_ID(version + 1), "
+            f"updated_at = UTC_TIMESTAMP(6), expires_at = {_MYSQL_EXPIRES} WHERE name = %s",
+            (value, micros, key),
+        )
+        return WriteResult(int(cur.lastrowid), created=False)
+
+    def _expire_row(self, cur: Any, key: bytes, version: int | None) -> bool:
+        """Delete ``key``'s row if its deadline has passed (and it is still at ``version``,
+        if given), logging an ``expire`` change; False if there was nothing to expire."""
+        sql = "SELECT version FROM vars WHERE name = %s AND expires_at <= UTC_TIMESTAMP(6)"
+        params: tuple[Any, ...] = (key,)
+        if version is not None:
+            sql, params = sql + " AND version = %s", (*params, version)
+        cur.execute(sql + " FOR UPDATE", params)
+        rows = cur.fetchall()
+        if not rows:
             return False
+        cur.execute("DELETE FROM vars WHERE name = %s", (key,))
+        cur.execute(_MYSQL_NEXT_SEQ)
+        cur.execute(_MYSQL_LOG_GONE, (key, int(rows[0][0]) + 1, "expire", None))
         return True
 
-    def _update(self, key: bytes, value: str) -> WriteResult | None:
-        # LAST_INSERT_ID(expr) hands the new version back in the OK packet: no second query.
-        changed, new_version = self._execute(
-            "UPDATE vars SET value = %s, version = LAST_INSERT_ID(version + 1), "
-            "updated_at = UTC_TIMESTAMP(6) WHERE name = %s",
-            (value, key),
-        )
-        return WriteResult(int(new_version or 0), created=False) if changed else None
+    def _insert_new(self, items: list[tuple[str, str]]) -> bool:
+        keys = [name.encode() for name, _ in items]
 
-    def delete(self, name: str, *, if_version: int | None = None, if_exists: bool = False) -> bool:
-        if if_version is None:
-            changed, _ = self._execute("DELETE FROM vars WHERE name = %s", (name.encode(),))
-        else:
-            changed, _ = self._execute(
-                "DELETE FROM vars WHERE name = %s AND version = %s", (name.encode(), if_version)
+        def work(cur: Any) -> bool:
+            marks = ", ".join(["%s"] * len(keys))
+            cur.execute(
+                f"SELECT name, MAX(version) FROM var_changes WHERE name IN ({marks}) GROUP BY name",
+                keys,
             )
-        if not changed and (if_exists or if_version is not None):
-            raise PreconditionFailed(name)
-        return bool(changed)
+            before = {bytes(name): int(version) for name, version in cur.fetchall()}
+            versions = [before.get(key, 0) + 1 for key in keys]
+            rows = ", ".join(["(%s, %s, %s, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))"] * len(items))
+            try:
+                cur.execute(
+                    "INSERT INTO vars (name, value, version, created_at, updated_at) "
+                    f"VALUES {rows}",
+                    [
+                        p
+                        for key, (_, v), n in zip(keys, items, versions, strict=True)
+                        for p in (key, v, n)
+                    ],
+                )
+            except self._errors.IntegrityError as exc:
+                if exc.errno != 1062:
+                    raise
+                raise _Taken from exc
+            cur.execute("UPDATE var_seq SET n = LAST_INSERT_ID(n + %s) WHERE id = 1", (len(items),))
+            first = int(cur.lastrowid) - len(items) + 1
+            logged = ", ".join(["(%s, %s, %s, 'set', %s, UTC_TIMESTAMP(6), NULL)"] * len(items))
+            cur.execute(
+                "INSERT INTO var_changes (seq, name, version, op, value, changed_at, actor) "
+                f"VALUES {logged}",
+                [
+                    p
+                    for i, (key, (_, v), n) in enumerate(zip(keys, items, versions, strict=True))
+                    for p in (first + i, key, n, v)
+                ],
+            )
+            return True
+
+        try:
+            return bool(self._transaction(work))
+        except _Taken:
+            return False
+
+    def delete(
+        self,
+        name: str,
+        *,
+        if_version: int | None = None,
+        if_exists: bool = False,
+        actor: str | None = None,
+    ) -> bool:
+        key = name.encode()
+
+        def work(cur: Any) -> bool:
+            cur.execute(
+                f"SELECT version FROM vars WHERE name = %s AND {_MYSQL_LIVE} FOR UPDATE", (key,)
+            )
+            rows = cur.fetchall()
+            if not rows or (if_version is not None and int(rows[0][0]) != if_version):
+                if if_exists or if_version is not None:
+                    raise PreconditionFailed(name)
+                return False
+            cur.execute("DELETE FROM vars WHERE name = %s", (key,))
+            cur.execute(_MYSQL_NEXT_SEQ)
+            cur.execute(_MYSQL_LOG_GONE, (key, int(rows[0][0]) + 1, "delete", actor))
+            return True
+
+        return bool(self._transaction(work))
+
+    # The change log
+
+    def history(
+        self, name: str, before_version: int | None, limit: int, with_values: bool
+    ) -> list[Change]:
+        columns = _CHANGE_COLUMNS if with_values else _CHANGE_META_COLUMNS
+        sql = f"SELECT {columns} FROM var_changes WHERE name = %s"
+        params: list[Any] = [name.encode()]
+        if before_version is not None:
+            sql += " AND version < %s"
+            params.append(before_version)
+        rows = self._query(sql + " ORDER BY version DESC LIMIT %s", [*params, limit])
+        return [_change(r) for r in rows]
+
+    def change(self, name: str, version: int) -> Change | None:
+        rows = self._query(
+            f"SELECT {_CHANGE_COLUMNS} FROM var_changes WHERE name = %s AND version = %s",
+            (name.encode(), version),
+        )
+        return _change(rows[0]) if rows else None
+
+    def changes_since(self, after_seq: int, upto_seq: int, prefix: str, limit: int) -> list[Change]:
+        sql, params = _changes_query(after_seq, upto_seq, prefix, limit, "%s", str.encode)
+        return [_change(r) for r in self._query(sql, params)]
+
+    def recent_changes(self, after_seq: int, limit: int) -> list[Change]:
+        rows = self._query(
+            f"SELECT {_CHANGE_META_COLUMNS} FROM var_changes WHERE seq > %s ORDER BY seq LIMIT %s",
+            (after_seq, limit),
+        )
+        return [_change(r) for r in rows]
+
+    def last_seq(self) -> int:
+        rows = self._query("SELECT n FROM var_seq WHERE id = 1")
+        return int(rows[0][0]) if rows else 0
+
+    def first_seq(self) -> int | None:
+        rows = self._query("SELECT MIN(seq) FROM var_changes")
+        return int(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    def sweep(self, keep_versions: int, keep_days: float, batch: int) -> SweepResult:
+        due = self._query(
+            "SELECT name, version FROM vars WHERE expires_at <= UTC_TIMESTAMP(6) "
+            "ORDER BY expires_at LIMIT %s",
+            (batch,),
+        )
+        expired = 0
+        for key, version in due:
+            # Conditioned on the version seen: a rewrite meanwhile (or another sweeper) wins.
+            if self._transaction(lambda cur, k=key, v=version: self._expire_row(cur, k, int(v))):
+                expired += 1
+        pruned = self._prune(keep_versions, keep_days, batch)
+        return SweepResult(expired, pruned)
+
+    def _prune(self, keep_versions: int, keep_days: float, batch: int) -> int:
+        pruned = 0
+        # Older than keep_days: seq order is time order, so look at the oldest batch only.
+        oldest = self._query(
+            "SELECT MAX(seq) FROM (SELECT seq, changed_at FROM var_changes ORDER BY seq "
+            "LIMIT %s) AS oldest WHERE changed_at < UTC_TIMESTAMP(6) - INTERVAL %s SECOND",
+            (batch, int(keep_days * 86400)),
+        )
+        if oldest and oldest[0][0] is not None:
+            pruned += self._execute(
+                "DELETE FROM var_changes WHERE seq <= %s", (int(oldest[0][0]),)
+            )[0]
+        # More than keep_versions behind their name's newest: found by walking the log in seq
+        # order, a batch a sweep (a primary-key range scan), from where this process stopped.
+        rows = self._query(
+            "SELECT seq, name, version FROM var_changes WHERE seq > %s ORDER BY seq LIMIT %s",
+            (self._prune_cursor, batch),
+        )
+        for key, newest in _crowded(rows, keep_versions).items():
+            pruned += self._execute(
+                "DELETE FROM var_changes WHERE name = %s AND version <= %s LIMIT %s",
+                (key, newest - keep_versions, batch),
+            )[0]
+        self._prune_cursor = int(rows[-1][0]) if len(rows) == batch else 0
+        return pruned
+
+
+def _crowded(rows: Sequence[Sequence[Any]], keep_versions: int) -> dict[Any, int]:
+    """From (seq, name, version) rows: each name with a version past ``keep_versions``, and
+    its newest version among the rows."""
+    newest: dict[Any, int] = {}
+    for _, name, version in rows:
+        if int(version) > keep_versions:
+            newest[name] = max(newest.get(name, 0), int(version))
+    return newest
+
+
+def _changes_query(
+    after_seq: int, upto_seq: int, prefix: str, limit: int, mark: str, encode: Callable[[str], Any]
+) -> tuple[str, list[Any]]:
+    """Changes in a seq window under a prefix: a primary-key range scan, the prefix filtered."""
+    sql = f"SELECT {_CHANGE_COLUMNS} FROM var_changes WHERE seq > {mark} AND seq <= {mark}"
+    params: list[Any] = [after_seq, upto_seq]
+    if prefix:
+        sql += f" AND name >= {mark}"
+        params.append(encode(prefix))
+        upper = next_prefix(prefix)
+        if upper is not None:
+            sql += f" AND name < {mark}"
+            params.append(encode(upper))
+    return sql + f" ORDER BY seq LIMIT {mark}", [*params, limit]
 
 
 def _vars_columns(cur: Any) -> set[str]:
@@ -963,11 +1349,19 @@ def _utc(value: Any) -> datetime:
 
 
 def _variable(row: Sequence[Any]) -> Variable:
-    name, value, version, created_at, updated_at, *length = row
+    name, value, version, created_at, updated_at, expires_at, *length = row
     if isinstance(name, bytes | bytearray):
         name = bytes(name).decode()
     whole = int(length[0]) if length else (len(value) if value is not None else None)
-    return Variable(name, value, int(version), _utc(created_at), _utc(updated_at), whole)
+    expires = _utc(expires_at) if expires_at is not None else None
+    return Variable(name, value, int(version), _utc(created_at), _utc(updated_at), whole, expires)
+
+
+def _change(row: Sequence[Any]) -> Change:
+    seq, name, version, op, value, changed_at, actor = row
+    if isinstance(name, bytes | bytearray):
+        name = bytes(name).decode()
+    return Change(int(seq), name, int(version), str(op), value, _utc(changed_at), actor)
 
 
 def _list_query(
@@ -980,14 +1374,16 @@ def _list_query(
     value_chars: int | None = None,
 ) -> tuple[str, list[Any]]:
     """A keyset-paginated range scan over the name index, in either dialect."""
-    where: list[str] = []
+    # Expired rows are filtered after the range scan: the plan stays the name index's.
+    where: list[str] = [_LIVE.format(now=_SQLITE_NOW if mark == "?" else "UTC_TIMESTAMP(6)")]
     params: list[Any] = []
     columns = _COLUMNS if with_values else _META_COLUMNS
     if with_values and value_chars is not None:
         # SUBSTR counts characters in both dialects: a page of previews never reads megabytes.
         length = "LENGTH" if mark == "?" else "CHAR_LENGTH"  # characters, in either dialect
         columns = (
-            f"name, SUBSTR(value, 1, {mark}), version, created_at, updated_at, {length}(value)"
+            f"name, SUBSTR(value, 1, {mark}), version, created_at, updated_at, expires_at, "
+            f"{length}(value)"
         )
         params.append(value_chars)
     if prefix:
@@ -1000,9 +1396,7 @@ def _list_query(
     if after is not None:
         where.append(f"name > {mark}")
         params.append(encode(after))
-    sql = f"SELECT {columns} FROM vars"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
+    sql = f"SELECT {columns} FROM vars WHERE " + " AND ".join(where)
     sql += f" ORDER BY name LIMIT {mark}"
     params.append(limit)
     return sql, params
@@ -1017,9 +1411,37 @@ CREATE TABLE IF NOT EXISTS vars (
     value TEXT NOT NULL,
     version INTEGER NOT NULL DEFAULT 1,
     created_at TEXT NOT NULL DEFAULT ({_SQLITE_NOW}),
-    updated_at TEXT NOT NULL DEFAULT ({_SQLITE_NOW})
+    updated_at TEXT NOT NULL DEFAULT ({_SQLITE_NOW}),
+    expires_at TEXT
 ) WITHOUT ROWID
 """
+# Writers take the database lock (BEGIN IMMEDIATE) before allocating a seq, so seqs commit in
+# order; AUTOINCREMENT never reuses one, even after the log is pruned empty.
+_SQLITE_SCHEMA = (
+    _SQLITE_TABLE,
+    "CREATE INDEX IF NOT EXISTS vars_expires_at ON vars (expires_at)",
+    """CREATE TABLE IF NOT EXISTS var_changes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        op TEXT NOT NULL,
+        value TEXT,
+        changed_at TEXT NOT NULL,
+        actor TEXT,
+        UNIQUE (name, version)
+    )""",
+)
+_SQLITE_LIVE = _LIVE.format(now=_SQLITE_NOW)
+# strftime(..., NULL) is NULL: one statement for "expires in ttl" and "permanent".
+_SQLITE_EXPIRES = "strftime('%Y-%m-%d %H:%M:%f', 'now', '+' || ? || ' seconds')"
+_SQLITE_LOG_SET = (
+    "INSERT INTO var_changes (name, version, op, value, changed_at, actor) "
+    "SELECT name, version, 'set', value, updated_at, ? FROM vars WHERE name = ?"
+)
+_SQLITE_LOG_GONE = (
+    "INSERT INTO var_changes (name, version, op, value, changed_at, actor) "
+    f"VALUES (?, ?, ?, NULL, {_SQLITE_NOW}, ?)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1044,6 +1466,7 @@ class SQLiteStore(Store):
     def __init__(self, url: DatabaseURL, busy_timeout: float, pool_size: int) -> None:
         super().__init__(url)
         self._busy_timeout = busy_timeout
+        self._prune_cursor = 0
         self._pool = ConnectionPool(
             self._open,
             lambda conn: conn.close(),
@@ -1074,6 +1497,23 @@ class SQLiteStore(Store):
             except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk I/O...
                 raise StoreUnavailable(f"sqlite: {exc}") from exc
 
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; rolled back on any exception, before the connection goes
+        back to the pool."""
+        with self._pool.lease() as lease:
+            conn = lease.conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise StoreUnavailable(f"sqlite: {exc}") from exc
+                raise
+
     def _init_schema(self) -> str:
         path = Path(self.url.path)
         existed = path.exists()
@@ -1082,14 +1522,24 @@ class SQLiteStore(Store):
         except OSError as exc:
             raise StoreUnavailable(f"cannot create {path.parent}: {exc}") from exc
         self._run("PRAGMA journal_mode = WAL")
-        self._run(_SQLITE_TABLE)
-        return "up to date" if existed else "created"
+        with self._transaction() as conn:  # several workers start at once: one migrates
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(vars)")}
+            migrated = bool(columns) and "expires_at" not in columns
+            if migrated:
+                conn.execute("ALTER TABLE vars ADD COLUMN expires_at TEXT")
+            for statement in _SQLITE_SCHEMA:
+                conn.execute(statement)
+        if not existed:
+            return "created"
+        return "migrated" if migrated else "up to date"
 
     def ping(self) -> None:
         self._run("SELECT 1").fetchall()
 
     def get(self, name: str) -> Variable | None:
-        row = self._run(f"SELECT {_COLUMNS} FROM vars WHERE name = ?", (name,)).fetchone()
+        row = self._run(
+            f"SELECT {_COLUMNS} FROM vars WHERE name = ? AND {_SQLITE_LIVE}", (name,)
+        ).fetchone()
         return _variable(row) if row else None
 
     def get_many(self, names: Sequence[str]) -> list[Variable]:
@@ -1097,12 +1547,13 @@ class SQLiteStore(Store):
             return []
         marks = ", ".join(["?"] * len(names))
         rows = self._run(
-            f"SELECT {_COLUMNS} FROM vars WHERE name IN ({marks}) ORDER BY name", names
+            f"SELECT {_COLUMNS} FROM vars WHERE name IN ({marks}) AND {_SQLITE_LIVE} ORDER BY name",
+            names,
         )
         return [_variable(r) for r in rows.fetchall()]
 
     def count(self) -> int:
-        return int(self._run("SELECT COUNT(*) FROM vars").fetchone()[0])
+        return int(self._run(f"SELECT COUNT(*) FROM vars WHERE {_SQLITE_LIVE}").fetchone()[0])
 
     def list(
         self,
@@ -1123,60 +1574,159 @@ class SQLiteStore(Store):
         if_version: int | None = None,
         if_absent: bool = False,
         if_exists: bool = False,
+        ttl: float | None = None,
+        actor: str | None = None,
     ) -> WriteResult:
-        if if_version is not None or if_exists:
-            sql = (
-                f"UPDATE vars SET value = ?, version = version + 1, updated_at = {_SQLITE_NOW} "
-                "WHERE name = ?"
-            )
-            params: tuple[Any, ...] = (value, name)
-            if if_version is not None:
-                sql, params = sql + " AND version = ?", (*params, if_version)
-            row = self._run(sql + " RETURNING version", params).fetchone()
-            if row is None:
-                raise PreconditionFailed(name)
-            return WriteResult(row[0], created=False)
-        if if_absent:
-            try:
-                self._run("INSERT INTO vars (name, value) VALUES (?, ?)", (name, value))
-            except sqlite3.IntegrityError as exc:
-                raise PreconditionFailed(name) from exc
-            return WriteResult(1, created=True)
-        row = self._run(
-            "INSERT INTO vars (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET "
-            f"value = excluded.value, version = version + 1, updated_at = {_SQLITE_NOW} "
-            "RETURNING version",
-            (name, value),
-        ).fetchone()
-        return WriteResult(row[0], created=row[0] == 1)
+        seconds = None if ttl is None else f"{ttl:.3f}"  # a modifier: no exponent notation
+        with self._transaction() as conn:
+            result = None
+            if not if_absent:
+                sql = (
+                    "UPDATE vars SET value = ?, version = version + 1, "
+                    f"updated_at = {_SQLITE_NOW}, expires_at = {_SQLITE_EXPIRES} "
+                    f"WHERE name = ? AND {_SQLITE_LIVE}"
+                )
+                params: tuple[Any, ...] = (value, seconds, name)
+                if if_version is not None:
+                    sql, params = sql + " AND version = ?", (*params, if_version)
+                row = conn.execute(sql + " RETURNING version", params).fetchone()
+                if row is not None:
+                    result = WriteResult(int(row[0]), created=False)
+                elif if_version is not None or if_exists:
+                    raise PreconditionFailed(name)
+            if result is None:
+                if (
+                    if_absent
+                    and conn.execute(
+                        f"SELECT 1 FROM vars WHERE name = ? AND {_SQLITE_LIVE}", (name,)
+                    ).fetchone()
+                ):
+                    raise PreconditionFailed(name)
+                self._expire_row(conn, name, None)
+                # The version continues from the retained history: an old ETag never matches.
+                row = conn.execute(
+                    "INSERT INTO vars (name, value, version, expires_at) "
+                    f"SELECT ?, ?, COALESCE(MAX(version), 0) + 1, {_SQLITE_EXPIRES} "
+                    "FROM var_changes WHERE name = ? RETURNING version",
+                    (name, value, seconds, name),
+                ).fetchone()
+                result = WriteResult(int(row[0]), created=True)
+            conn.execute(_SQLITE_LOG_SET, (actor, name))
+            return result
 
-    def _insert_new(self, items: list[tuple[str, str]]) -> bool:
-        with self._pool.lease() as lease:
-            conn = lease.conn
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    conn.executemany("INSERT INTO vars (name, value) VALUES (?, ?)", items)
-                except sqlite3.IntegrityError:
-                    conn.execute("ROLLBACK")
-                    return False
-                conn.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise StoreUnavailable(f"sqlite: {exc}") from exc
+    def _expire_row(self, conn: sqlite3.Connection, name: str, version: int | None) -> bool:
+        sql = f"DELETE FROM vars WHERE name = ? AND expires_at <= {_SQLITE_NOW}"
+        params: tuple[Any, ...] = (name,)
+        if version is not None:
+            sql, params = sql + " AND version = ?", (*params, version)
+        row = conn.execute(sql + " RETURNING version", params).fetchone()
+        if row is None:
+            return False
+        conn.execute(_SQLITE_LOG_GONE, (name, int(row[0]) + 1, "expire", None))
         return True
 
-    def delete(self, name: str, *, if_version: int | None = None, if_exists: bool = False) -> bool:
-        if if_version is None:
-            changed = self._run("DELETE FROM vars WHERE name = ?", (name,)).rowcount
-        else:
-            changed = self._run(
-                "DELETE FROM vars WHERE name = ? AND version = ?", (name, if_version)
+    def _insert_new(self, items: list[tuple[str, str]]) -> bool:
+        try:
+            with self._transaction() as conn:
+                for name, value in items:
+                    conn.execute(
+                        "INSERT INTO vars (name, value, version) SELECT ?, ?, "
+                        "COALESCE(MAX(version), 0) + 1 FROM var_changes WHERE name = ?",
+                        (name, value, name),
+                    )
+                    conn.execute(_SQLITE_LOG_SET, (None, name))
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def delete(
+        self,
+        name: str,
+        *,
+        if_version: int | None = None,
+        if_exists: bool = False,
+        actor: str | None = None,
+    ) -> bool:
+        with self._transaction() as conn:
+            sql = f"DELETE FROM vars WHERE name = ? AND {_SQLITE_LIVE}"
+            params: tuple[Any, ...] = (name,)
+            if if_version is not None:
+                sql, params = sql + " AND version = ?", (*params, if_version)
+            row = conn.execute(sql + " RETURNING version", params).fetchone()
+            if row is None:
+                if if_exists or if_version is not None:
+                    raise PreconditionFailed(name)
+                return False
+            conn.execute(_SQLITE_LOG_GONE, (name, int(row[0]) + 1, "delete", actor))
+            return True
+
+    def history(
+        self, name: str, before_version: int | None, limit: int, with_values: bool
+    ) -> list[Change]:
+        columns = _CHANGE_COLUMNS if with_values else _CHANGE_META_COLUMNS
+        sql = f"SELECT {columns} FROM var_changes WHERE name = ?"
+        params: list[Any] = [name]
+        if before_version is not None:
+            sql += " AND version < ?"
+            params.append(before_version)
+        rows = self._run(sql + " ORDER BY version DESC LIMIT ?", [*params, limit])
+        return [_change(r) for r in rows.fetchall()]
+
+    def change(self, name: str, version: int) -> Change | None:
+        row = self._run(
+            f"SELECT {_CHANGE_COLUMNS} FROM var_changes WHERE name = ? AND version = ?",
+            (name, version),
+        ).fetchone()
+        return _change(row) if row else None
+
+    def changes_since(self, after_seq: int, upto_seq: int, prefix: str, limit: int) -> list[Change]:
+        sql, params = _changes_query(after_seq, upto_seq, prefix, limit, "?", lambda s: s)
+        return [_change(r) for r in self._run(sql, params).fetchall()]
+
+    def recent_changes(self, after_seq: int, limit: int) -> list[Change]:
+        rows = self._run(
+            f"SELECT {_CHANGE_META_COLUMNS} FROM var_changes WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        )
+        return [_change(r) for r in rows.fetchall()]
+
+    def last_seq(self) -> int:
+        row = self._run("SELECT seq FROM sqlite_sequence WHERE name = 'var_changes'").fetchone()
+        return int(row[0]) if row else 0
+
+    def first_seq(self) -> int | None:
+        row = self._run("SELECT MIN(seq) FROM var_changes").fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
+    def sweep(self, keep_versions: int, keep_days: float, batch: int) -> SweepResult:
+        due = self._run(
+            f"SELECT name, version FROM vars WHERE expires_at <= {_SQLITE_NOW} "
+            "ORDER BY expires_at LIMIT ?",
+            (batch,),
+        ).fetchall()
+        expired = 0
+        for name, version in due:
+            with self._transaction() as conn:
+                expired += self._expire_row(conn, name, int(version))
+        pruned = 0
+        oldest = self._run(
+            "SELECT MAX(seq) FROM (SELECT seq, changed_at FROM var_changes ORDER BY seq "
+            "LIMIT ?) WHERE changed_at < strftime('%Y-%m-%d %H:%M:%f', 'now', ?)",
+            (batch, f"-{int(keep_days * 86400)} seconds"),
+        ).fetchone()
+        if oldest and oldest[0] is not None:
+            pruned += self._run("DELETE FROM var_changes WHERE seq <= ?", (oldest[0],)).rowcount
+        rows = self._run(
+            "SELECT seq, name, version FROM var_changes WHERE seq > ? ORDER BY seq LIMIT ?",
+            (self._prune_cursor, batch),
+        ).fetchall()
+        for name, newest in _crowded(rows, keep_versions).items():
+            pruned += self._run(
+                "DELETE FROM var_changes WHERE name = ? AND version <= ?",
+                (name, newest - keep_versions),
             ).rowcount
-        if not changed and (if_exists or if_version is not None):
-            raise PreconditionFailed(name)
-        return changed > 0
+        self._prune_cursor = int(rows[-1][0]) if len(rows) == batch else 0
+        return SweepResult(expired, pruned)
 
 
 # --- Flask integration

@@ -109,5 +109,16 @@ def on_exit(server):
 
 def post_worker_init(worker):
     import db
+    import watch
 
-    db.prepare_in_background(worker.wsgi)
+    app = worker.wsgi
+    db.prepare_in_background(app)
+    # Long-polls and event streams end once the worker is told to stop (SIGTERM), instead of
+    # holding it for graceful_timeout.
+    app.extensions["var_keeper.feed"].stopping = lambda: not worker.alive
+    watch.start_sweeper(
+        app.extensions["var_keeper.store"],
+        app.config["HISTORY_KEEP_VERSIONS"],
+        app.config["HISTORY_KEEP_DAYS"],
+        app.config["SWEEP_INTERVAL"],
+    )

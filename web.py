@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
-from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
+from flask import Blueprint, Response, current_app, g, redirect, render_template, request, url_for
 from werkzeug.datastructures import MultiDict
 
 import db
@@ -33,6 +33,7 @@ PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
 PREVIEW_CHARS = 160
 PREVIEW_LINES = 3
+HISTORY_ROWS = 20  # the newest changes a variable's page shows
 
 
 @bp.after_request
@@ -174,11 +175,15 @@ def index() -> tuple[str, int]:
 @bp.get("/view")
 def view() -> tuple[str, int]:
     name = request.args.get("name", "")
-    var = _store().get(name)
+    store = _store()
+    var = store.get(name)
+    history = store.history(name, None, HISTORY_ROWS, True) if name else []
     if var is None:
-        return _page("missing.html", 404, name=name)
+        return _page("missing.html", 404, name=name, history=history)
     saved = request.args.get("saved", "")
-    return _page("view.html", var=var, saved=int(saved) if saved.isdigit() else None)
+    return _page(
+        "view.html", var=var, history=history, saved=int(saved) if saved.isdigit() else None
+    )
 
 
 @bp.get("/edit")
@@ -226,9 +231,9 @@ def save() -> Response | tuple[str, int]:
     store = _store()
     try:
         if version is None:
-            result = store.put(name, value, if_absent=True)
+            result = store.put(name, value, if_absent=True, actor=g.get("actor"))
         else:
-            result = store.put(name, value, if_version=version)
+            result = store.put(name, value, if_version=version, actor=g.get("actor"))
     except db.PreconditionFailed:
         return _page(
             "conflict.html",
@@ -262,10 +267,39 @@ def delete() -> Response | tuple[str, int]:
     if version is None:
         return _error(400, "the form is missing the version to delete")
     try:
-        store.delete(name, if_version=version)
+        store.delete(name, if_version=version, actor=g.get("actor"))
     except db.PreconditionFailed:
         current = store.get(name)
         if current is None:
             return _page("missing.html", 409, name=name, gone=True)
         return _page("delete.html", 409, var=current, changed_from=version)
     return redirect(url_for("web.index", deleted=name), 303)
+
+
+@bp.post("/restore")
+def restore() -> Response | tuple[str, int]:
+    """Write an old version's value as a new version, if the variable is still at the version
+    the page showed (or still absent, for a deleted one)."""
+    form = _form()
+    if form is None:
+        return _error(400, "the form did not arrive as URL-encoded UTF-8; please try again")
+    name = form.get("name", "")
+    try:
+        wanted = _form_version(form.get("restore", ""))
+        version = _form_version(form.get("version", ""))
+    except ValueError:
+        return _error(400, "the form has an invalid version")
+    store = _store()
+    change = store.change(name, wanted) if wanted is not None else None
+    if change is None or change.value is None:
+        return _error(404, f"version {wanted} of {name!r} is not in the retained history")
+    try:
+        if version is None:
+            result = store.put(name, change.value, if_absent=True, actor=g.get("actor"))
+        else:
+            result = store.put(name, change.value, if_version=version, actor=g.get("actor"))
+    except db.PreconditionFailed:
+        return _error(
+            409, f"{name!r} changed since the page was loaded: nothing restored, look again"
+        )
+    return redirect(url_for("web.view", name=name, saved=result.version), 303)

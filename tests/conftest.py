@@ -117,12 +117,13 @@ def _empty_mysql_table(url: str) -> None:
     try:
         cur = conn.cursor()
         cur.execute(
-            "SELECT COUNT(*) FROM information_schema.TABLES "
-            "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = 'vars'",
+            "SELECT TABLE_NAME FROM information_schema.TABLES "
+            "WHERE TABLE_SCHEMA = %s AND TABLE_NAME IN ('vars', 'var_changes')",
             (database,),
         )
-        if cur.fetchone()[0]:
-            cur.execute(f"DELETE FROM `{database}`.vars")
+        # The change log too: versions continue from a name's history.
+        for (table,) in cur.fetchall():
+            cur.execute(f"DELETE FROM `{database}`.`{table}`")
     finally:
         conn.close()
 
