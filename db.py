@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import click
@@ -38,6 +38,7 @@ from flask import Flask, current_app
 from flask.cli import with_appcontext
 
 log = logging.getLogger("var_keeper.db")
+_T = TypeVar("_T")
 
 MAX_NAME_CHARS = 255
 # The name column holds UTF-8 bytes: 4 bytes a character at most.
@@ -857,23 +858,15 @@ class MySQLStore(Store):
         write twice: the caller gets a 503 (an idle connection the server had closed is already
         replaced before the statement by the pool). A statement the server rolled back or
         refused (a Galera certification conflict, a node not ready) changed nothing: it runs
-        again, up to _WRITE_ATTEMPTS times with jittered exponential backoff, then 503.
+        again (see ``_retrying``).
         """
-        for attempt in range(1, _WRITE_ATTEMPTS + 1):
-            try:
-                with self._cursor() as cur:
-                    cur.execute(sql, params)
-                    return cur.rowcount, cur.lastrowid
-            except _NotApplied as exc:
-                if attempt == _WRITE_ATTEMPTS:
-                    raise StoreUnavailable(
-                        f"a write was rolled back {attempt} times in a row ({exc})"
-                    ) from exc
-                log.info("write retried (attempt %d of %d): %s", attempt + 1, _WRITE_ATTEMPTS, exc)
-                # Jitter: writers that collided once must not retry in step. Not for security.
-                backoff = min(_BACKOFF_SECONDS * 2**attempt, _BACKOFF_MAX_SECONDS)
-                time.sleep(random.uniform(0, backoff))  # noqa: S311
-        raise AssertionError("unreachable")
+
+        def once() -> tuple[int, int | None]:
+            with self._cursor() as cur:
+                cur.execute(sql, params)
+                return cur.rowcount, cur.lastrowid
+
+        return _retrying(once)
 
     # Schema
 
@@ -1016,27 +1009,20 @@ class MySQLStore(Store):
     def _transaction(self, work: Callable[[Any], Any]) -> Any:
         """Run ``work(cursor)`` in one transaction and commit it; roll back on any exception
         before the connection goes back to the pool. A transaction the server rolled back (a
-        deadlock, a Galera certification conflict) runs again as a whole, like ``_execute``."""
-        for attempt in range(1, _WRITE_ATTEMPTS + 1):
-            try:
-                with self._cursor() as cur:
-                    cur.execute("START TRANSACTION")
-                    try:
-                        result = work(cur)
-                        cur.execute("COMMIT")
-                    except BaseException:
-                        cur.execute("ROLLBACK")  # fails only on a broken connection: closed
-                        raise
-                    return result
-            except _NotApplied as exc:
-                if attempt == _WRITE_ATTEMPTS:
-                    raise StoreUnavailable(
-                        f"a write was rolled back {attempt} times in a row ({exc})"
-                    ) from exc
-                log.info("write retried (attempt %d of %d): %s", attempt + 1, _WRITE_ATTEMPTS, exc)
-                backoff = min(_BACKOFF_SECONDS * 2**attempt, _BACKOFF_MAX_SECONDS)
-                time.sleep(random.uniform(0, backoff))  # noqa: S311
-        raise AssertionError("unreachable")
+        deadlock, a Galera certification conflict) runs again as a whole (``_retrying``)."""
+
+        def once() -> Any:
+            with self._cursor() as cur:
+                cur.execute("START TRANSACTION")
+                try:
+                    result = work(cur)
+                    cur.execute("COMMIT")
+                except BaseException:
+                    cur.execute("ROLLBACK")  # fails only on a broken connection: closed
+                    raise
+                return result
+
+        return _retrying(once)
 
     def put(
         self,
@@ -1309,6 +1295,25 @@ def _vars_columns(cur: Any) -> set[str]:
         "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'vars'"
     )
     return {str(row[0]).lower() for row in cur.fetchall()}
+
+
+def _retrying(attempt: Callable[[], _T]) -> _T:
+    """Run a write. One the server rolled back or refused (``_NotApplied``: a deadlock, a Galera
+    certification conflict, a node not ready) changed nothing, so it runs again, up to
+    _WRITE_ATTEMPTS times with jittered exponential backoff, then StoreUnavailable (503)."""
+    for number in range(1, _WRITE_ATTEMPTS + 1):
+        try:
+            return attempt()
+        except _NotApplied as exc:
+            if number == _WRITE_ATTEMPTS:
+                raise StoreUnavailable(
+                    f"a write was rolled back {number} times in a row ({exc})"
+                ) from exc
+            log.info("write retried (attempt %d of %d): %s", number + 1, _WRITE_ATTEMPTS, exc)
+            # Jitter: writers that collided once must not retry in step. Not for security.
+            backoff = min(_BACKOFF_SECONDS * 2**number, _BACKOFF_MAX_SECONDS)
+            time.sleep(random.uniform(0, backoff))  # noqa: S311
+    raise AssertionError("unreachable")
 
 
 def _gevent_sockets() -> bool:
