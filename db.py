@@ -69,13 +69,15 @@ class Variable:
 class Change:
     """One entry of the change log (``var_changes``): a write, a delete or an expiry.
 
-    ``seq`` orders every change of the database (dense and in commit order: see ``_SEQ_*``);
+    ``seq`` orders every change of the database, dense and in the order changes become
+    visible (see ``_MYSQL_CHANGES_TABLE``); None for a change too new to have one yet (MySQL
+    gives seqs just after the commit);
     ``version`` orders the changes of one name and keeps counting across a delete, so that
     (name, version) names one change. A delete or an expiry has a version of its own and no
     value. ``actor`` is a token's public identifier, or None without tokens.
     """
 
-    seq: int
+    seq: int | None
     name: str
     version: int
     op: str  # "set", "delete" or "expire"
@@ -537,21 +539,27 @@ CREATE TABLE IF NOT EXISTS vars (
     KEY expires_at (expires_at)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
 """
-# The change log. seq is allocated from the one-row counter var_seq inside the write's own
-# transaction (UPDATE ... LAST_INSERT_ID(n + 1)): the counter's row lock is held until COMMIT, so
-# seqs commit in order and without gaps (a rolled-back write rolls its seq back too). A reader
-# that has seen seq N has seen every change up to N: a watcher can never skip one, which an
-# AUTO_INCREMENT (allocated at insert, committed in any order) would not guarantee.
+# The change log. A write inserts its entry with seq NULL, in its own transaction: nothing in
+# the write path is shared by every write, so writers do not queue on one lock and, on a
+# multi-primary Galera cluster, do not conflict with each other at commit (a counter row
+# touched by every write made every pair of concurrent writes on two nodes a certification
+# conflict). seqs are given afterwards, to committed entries only, by ``_sequence``: under
+# the lock of the one-row counter var_seq, dense and in the order they are given, so a reader
+# that has seen seq N has seen every change up to N and a watcher can never skip one. (An
+# AUTO_INCREMENT allocated at insert would commit out of order; on Galera it is not even
+# increasing across nodes.) id only identifies an entry until it has a seq.
 _MYSQL_CHANGES_TABLE = f"""
 CREATE TABLE IF NOT EXISTS var_changes (
-    seq BIGINT UNSIGNED NOT NULL,
+    id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
+    seq BIGINT UNSIGNED NULL,
     name VARBINARY({_NAME_COLUMN_BYTES}) NOT NULL,
     version BIGINT UNSIGNED NOT NULL,
     op VARCHAR(6) CHARACTER SET ascii NOT NULL,
     value LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
     changed_at DATETIME(6) NOT NULL,
     actor VARCHAR(16) CHARACTER SET ascii NULL,
-    PRIMARY KEY (seq),
+    PRIMARY KEY (id),
+    UNIQUE KEY seq (seq),
     UNIQUE KEY name_version (name, version)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
 """
@@ -567,6 +575,8 @@ _MYSQL_HISTORY_MIGRATIONS = (
     _MYSQL_SEQ_TABLE,
     "INSERT IGNORE INTO var_seq (id, n) SELECT 1, COALESCE(MAX(seq), 0) FROM var_changes",
 )
+# Entries given a seq at a time: one short transaction, one UPDATE of at most this many rows.
+_SEQUENCE_BATCH = 1000
 _MYSQL_EXPIRY_MIGRATION = (
     "ALTER TABLE vars ADD COLUMN expires_at DATETIME(6) NULL, ADD KEY expires_at (expires_at)"
 )
@@ -574,14 +584,13 @@ _MYSQL_NOW = "UTC_TIMESTAMP(6)"
 _MYSQL_LIVE = "(expires_at IS NULL OR expires_at > UTC_TIMESTAMP(6))"
 # DATE_ADD(..., INTERVAL NULL ...) is NULL: one statement for "expires in ttl" and "permanent".
 _MYSQL_EXPIRES = "DATE_ADD(UTC_TIMESTAMP(6), INTERVAL %s MICROSECOND)"
-_MYSQL_NEXT_SEQ = "UPDATE var_seq SET n = LAST_INSERT_ID(n + 1) WHERE id = 1"
 _MYSQL_LOG_SET = (
-    "INSERT INTO var_changes (seq, name, version, op, value, changed_at, actor) "
-    "SELECT LAST_INSERT_ID(), name, version, 'set', value, updated_at, %s FROM vars WHERE name = %s"
+    "INSERT INTO var_changes (name, version, op, value, changed_at, actor) "
+    "SELECT name, version, 'set', value, updated_at, %s FROM vars WHERE name = %s"
 )
 _MYSQL_LOG_GONE = (
-    "INSERT INTO var_changes (seq, name, version, op, value, changed_at, actor) "
-    "VALUES (LAST_INSERT_ID(), %s, %s, %s, NULL, UTC_TIMESTAMP(6), %s)"
+    "INSERT INTO var_changes (name, version, op, value, changed_at, actor) "
+    "VALUES (%s, %s, %s, NULL, UTC_TIMESTAMP(6), %s)"
 )
 # The tutorial's table: vars(id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(100),
 # value VARCHAR(100), UNIQUE (name)), in the server's default character set (latin1 on older
@@ -1006,10 +1015,11 @@ class MySQLStore(Store):
 
     # Writes: each one a transaction on one pooled connection, with its change-log entry
 
-    def _transaction(self, work: Callable[[Any], Any]) -> Any:
+    def _transaction(self, work: Callable[[Any], Any], *, retried: bool = True) -> Any:
         """Run ``work(cursor)`` in one transaction and commit it; roll back on any exception
         before the connection goes back to the pool. A transaction the server rolled back (a
-        deadlock, a Galera certification conflict) runs again as a whole (``_retrying``)."""
+        deadlock, a Galera certification conflict) runs again as a whole (``_retrying``),
+        unless not ``retried``: then the caller gets ``_NotApplied``."""
 
         def once() -> Any:
             with self._cursor() as cur:
@@ -1022,7 +1032,7 @@ class MySQLStore(Store):
                     raise
                 return result
 
-        return _retrying(once)
+        return _retrying(once) if retried else once()
 
     def put(
         self,
@@ -1057,7 +1067,6 @@ class MySQLStore(Store):
                     raise PreconditionFailed(name)
             if result is None:
                 result = self._create(cur, name, value, micros, if_absent)
-            cur.execute(_MYSQL_NEXT_SEQ)
             cur.execute(_MYSQL_LOG_SET, (actor, key))
             return result
 
@@ -1106,7 +1115,6 @@ class MySQLStore(Store):
         if not rows:
             return False
         cur.execute("DELETE FROM vars WHERE name = %s", (key,))
-        cur.execute(_MYSQL_NEXT_SEQ)
         cur.execute(_MYSQL_LOG_GONE, (key, int(rows[0][0]) + 1, "expire", None))
         return True
 
@@ -1136,16 +1144,14 @@ class MySQLStore(Store):
                 if exc.errno != 1062:
                     raise
                 raise _Taken from exc
-            cur.execute("UPDATE var_seq SET n = LAST_INSERT_ID(n + %s) WHERE id = 1", (len(items),))
-            first = int(cur.lastrowid) - len(items) + 1
-            logged = ", ".join(["(%s, %s, %s, 'set', %s, UTC_TIMESTAMP(6), NULL)"] * len(items))
+            logged = ", ".join(["(%s, %s, 'set', %s, UTC_TIMESTAMP(6), NULL)"] * len(items))
             cur.execute(
-                "INSERT INTO var_changes (seq, name, version, op, value, changed_at, actor) "
+                "INSERT INTO var_changes (name, version, op, value, changed_at, actor) "
                 f"VALUES {logged}",
                 [
                     p
-                    for i, (key, (_, v), n) in enumerate(zip(keys, items, versions, strict=True))
-                    for p in (first + i, key, n, v)
+                    for key, (_, v), n in zip(keys, items, versions, strict=True)
+                    for p in (key, n, v)
                 ],
             )
             return True
@@ -1175,7 +1181,6 @@ class MySQLStore(Store):
                     raise PreconditionFailed(name)
                 return False
             cur.execute("DELETE FROM vars WHERE name = %s", (key,))
-            cur.execute(_MYSQL_NEXT_SEQ)
             cur.execute(_MYSQL_LOG_GONE, (key, int(rows[0][0]) + 1, "delete", actor))
             return True
 
@@ -1183,9 +1188,65 @@ class MySQLStore(Store):
 
     # The change log
 
+    def _sequence(self) -> None:
+        """Give the committed change-log entries without a seq the next seqs, in the order
+        they were inserted (a name's in version order). Run by whoever is about to read seqs:
+        the change feed's poller, the sweeper, history reads. Costs one indexed read when there
+        is nothing to do. Two processes doing it at once: the second waits for the counter's
+        lock (one server) or fails certification (Galera, a 1213) because the first did the
+        work; either way nothing is numbered twice, and a batch left over is numbered on the
+        next call, so a conflict is not retried here."""
+        pending = "SELECT id FROM var_changes WHERE seq IS NULL LIMIT 1"
+        while self._query(pending):
+            try:
+                read = self._transaction(self._sequence_batch, retried=False)
+            except _NotApplied:
+                return
+            if read < _SEQUENCE_BATCH:
+                return
+
+    def _sequence_batch(self, cur: Any) -> int:
+        """Number a batch of entries in the caller's transaction; return how many were read
+        (the batch's size: when full, there may be more)."""
+        cur.execute("SELECT n FROM var_seq WHERE id = 1 FOR UPDATE")
+        last = int(cur.fetchall()[0][0])
+        # A consistent read, so no lock on an entry being inserted. Holding the counter, this
+        # transaction is the only one numbering: what it reads without a seq stays so.
+        cur.execute(
+            "SELECT id, name, version FROM var_changes WHERE seq IS NULL ORDER BY id LIMIT %s",
+            (_SEQUENCE_BATCH,),
+        )
+        rows = [(int(i), bytes(name), int(version)) for i, name, version in cur.fetchall()]
+        read = len(rows)
+        if not rows:  # another process numbered them after our look
+            return 0
+        if read == _SEQUENCE_BATCH:
+            # The batch may hold a name's later version and not an earlier one (on Galera,
+            # nodes draw ids from their own ranges): the earlier ones join the batch.
+            cur.execute(
+                "SELECT id, name, version FROM var_changes WHERE seq IS NULL AND name IN "
+                f"({', '.join(['%s'] * len(rows))})",
+                [name for _, name, _ in rows],
+            )
+            more = [(int(i), bytes(name), int(version)) for i, name, version in cur.fetchall()]
+            rows = _with_earlier_versions(rows, more)
+        ids = _in_version_order(rows)
+        marks = ", ".join(["%s"] * len(ids))
+        # FIELD(id, a, b, ...) is id's 1-based position in the list: seq last+1, last+2, ...
+        cur.execute(
+            f"UPDATE var_changes SET seq = %s + FIELD(id, {marks}) "
+            f"WHERE id IN ({marks}) AND seq IS NULL",
+            [last, *ids, *ids],
+        )
+        if cur.rowcount != len(ids):
+            raise StoreUnavailable("the change log was numbered by another process meanwhile")
+        cur.execute("UPDATE var_seq SET n = %s WHERE id = 1", (last + len(ids),))
+        return read
+
     def history(
         self, name: str, before_version: int | None, limit: int, with_values: bool
     ) -> list[Change]:
+        self._sequence()
         columns = _CHANGE_COLUMNS if with_values else _CHANGE_META_COLUMNS
         sql = f"SELECT {columns} FROM var_changes WHERE name = %s"
         params: list[Any] = [name.encode()]
@@ -1196,6 +1257,7 @@ class MySQLStore(Store):
         return [_change(r) for r in rows]
 
     def change(self, name: str, version: int) -> Change | None:
+        self._sequence()
         rows = self._query(
             f"SELECT {_CHANGE_COLUMNS} FROM var_changes WHERE name = %s AND version = %s",
             (name.encode(), version),
@@ -1207,6 +1269,7 @@ class MySQLStore(Store):
         return [_change(r) for r in self._query(sql, params)]
 
     def recent_changes(self, after_seq: int, limit: int) -> list[Change]:
+        self._sequence()
         rows = self._query(
             f"SELECT {_CHANGE_META_COLUMNS} FROM var_changes WHERE seq > %s ORDER BY seq LIMIT %s",
             (after_seq, limit),
@@ -1214,6 +1277,7 @@ class MySQLStore(Store):
         return [_change(r) for r in rows]
 
     def last_seq(self) -> int:
+        self._sequence()
         rows = self._query("SELECT n FROM var_seq WHERE id = 1")
         return int(rows[0][0]) if rows else 0
 
@@ -1222,6 +1286,7 @@ class MySQLStore(Store):
         return int(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def sweep(self, keep_versions: int, keep_days: float, batch: int) -> SweepResult:
+        self._sequence()  # so that the log is ordered, and pruned, with nobody watching
         due = self._query(
             "SELECT name, version FROM vars WHERE expires_at <= UTC_TIMESTAMP(6) "
             "ORDER BY expires_at LIMIT %s",
@@ -1239,8 +1304,9 @@ class MySQLStore(Store):
         pruned = 0
         # Older than keep_days: seq order is time order, so look at the oldest batch only.
         oldest = self._query(
-            "SELECT MAX(seq) FROM (SELECT seq, changed_at FROM var_changes ORDER BY seq "
-            "LIMIT %s) AS oldest WHERE changed_at < UTC_TIMESTAMP(6) - INTERVAL %s SECOND",
+            "SELECT MAX(seq) FROM (SELECT seq, changed_at FROM var_changes "
+            "WHERE seq IS NOT NULL ORDER BY seq LIMIT %s) AS oldest "
+            "WHERE changed_at < UTC_TIMESTAMP(6) - INTERVAL %s SECOND",
             (batch, int(keep_days * 86400)),
         )
         if oldest and oldest[0][0] is not None:
@@ -1255,11 +1321,34 @@ class MySQLStore(Store):
         )
         for key, newest in _crowded(rows, keep_versions).items():
             pruned += self._execute(
-                "DELETE FROM var_changes WHERE name = %s AND version <= %s LIMIT %s",
+                "DELETE FROM var_changes WHERE name = %s AND version <= %s "
+                "AND seq IS NOT NULL LIMIT %s",
                 (key, newest - keep_versions, batch),
             )[0]
         self._prune_cursor = int(rows[-1][0]) if len(rows) == batch else 0
         return pruned
+
+
+def _with_earlier_versions(
+    batch: list[tuple[int, bytes, int]], candidates: list[tuple[int, bytes, int]]
+) -> list[tuple[int, bytes, int]]:
+    """``batch`` of (id, name, version) rows, plus those of ``candidates`` that are a batch
+    name's version below the newest the batch has of it."""
+    newest: dict[bytes, int] = {}
+    for _, name, version in batch:
+        newest[name] = max(newest.get(name, 0), version)
+    return sorted({*batch, *(row for row in candidates if row[2] < newest.get(row[1], 0))})
+
+
+def _in_version_order(rows: list[tuple[int, bytes, int]]) -> list[int]:
+    """The ids of (id, name, version) rows in id order, except that the places a name's
+    rows take are given to its versions in ascending order."""
+    ordered = sorted(rows)
+    by_name: dict[bytes, list[tuple[int, bytes, int]]] = {}
+    for row in ordered:
+        by_name.setdefault(row[1], []).append(row)
+    queues = {name: iter(sorted(group, key=lambda r: r[2])) for name, group in by_name.items()}
+    return [next(queues[name])[0] for _, name, _ in ordered]
 
 
 def _crowded(rows: Sequence[Sequence[Any]], keep_versions: int) -> dict[Any, int]:
@@ -1366,7 +1455,8 @@ def _change(row: Sequence[Any]) -> Change:
     seq, name, version, op, value, changed_at, actor = row
     if isinstance(name, bytes | bytearray):
         name = bytes(name).decode()
-    return Change(int(seq), name, int(version), str(op), value, _utc(changed_at), actor)
+    seq = None if seq is None else int(seq)
+    return Change(seq, name, int(version), str(op), value, _utc(changed_at), actor)
 
 
 def _list_query(

@@ -196,3 +196,116 @@ def test_names_are_bytes_in_mysql_so_no_collation_merges_them(store: db.MySQLSto
         "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'vars' AND COLUMN_NAME = 'name'"
     )
     assert data_type == "varbinary"
+
+
+# --- Numbering the change log (MySQL: seqs are given after the commit) ------------------------
+
+
+def all_changes(store: db.MySQLStore) -> list[tuple[int | None, str, int]]:
+    rows = store._query("SELECT seq, name, version FROM var_changes ORDER BY id")
+    return [(seq, bytes(name).decode(), int(version)) for seq, name, version in rows]
+
+
+def test_a_write_leaves_its_change_unnumbered_until_somebody_reads_seqs(store: db.MySQLStore):
+    before = store.last_seq()
+    store.put("a", "1")
+    store.delete("a")
+    assert [seq for seq, _, _ in all_changes(store)] == [None, None]
+
+    assert store.last_seq() == before + 2
+    assert all_changes(store) == [(before + 1, "a", 1), (before + 2, "a", 2)]
+
+
+def test_concurrent_writers_and_numberers_give_dense_seqs_in_version_order(mysql_server: str):
+    """Six writers and three stores numbering at once (as the pollers and sweepers of three
+    processes do), while a reader follows the log: every change gets exactly one seq, the seqs
+    run 1..N without a hole, each name's in version order, and the reader, which only ever
+    asks for seqs above the last it saw, sees every change once."""
+    with scratch_database(mysql_server) as url:
+        stores = [mysql_store(url, pool_size=8) for _ in range(3)]
+        for s in stores:
+            s.ensure_ready()
+        stop, failures, seen = threading.Event(), [], []
+
+        def write(k: int) -> None:
+            try:
+                for i in range(60):
+                    stores[k % 3].put(f"n{i % 4}", f"{k} {i}")  # contended names
+                    stores[k % 3].put(f"own/{k}/{i}", "x")
+            except db.StoreError as exc:
+                failures.append(repr(exc))
+
+        def number(s: db.MySQLStore) -> None:
+            while not stop.is_set():
+                s.last_seq()
+
+        def follow() -> None:
+            after = 0
+            while True:
+                done = stop.is_set()
+                for change in stores[0].recent_changes(after, 50):
+                    seen.append(change.seq)
+                    after = change.seq
+                if done:
+                    return
+
+        numberers = [threading.Thread(target=number, args=(s,)) for s in stores]
+        follower = threading.Thread(target=follow)
+        writers = [threading.Thread(target=write, args=(k,)) for k in range(6)]
+        for thread in [*numberers, follower, *writers]:
+            thread.start()
+        for thread in writers:
+            thread.join()
+        stop.set()
+        for thread in [*numberers, follower]:
+            thread.join()
+
+        assert failures == []
+        changes = all_changes(stores[0])
+        for s in stores:
+            s.close()
+    seqs = sorted(seq for seq, _, _ in changes)
+    assert len(changes) == 6 * 60 * 2
+    assert seqs == list(range(1, len(changes) + 1))
+    for name in {name for _, name, _ in changes}:
+        ordered = sorted((seq, version) for seq, n, version in changes if n == name)
+        assert [v for _, v in ordered] == sorted(v for _, v in ordered)
+    assert seen == seqs
+
+
+def test_numbering_keeps_a_names_versions_in_order_whatever_the_ids(
+    store: db.MySQLStore, monkeypatch: pytest.MonkeyPatch
+):
+    """On Galera each node draws ids from its own range, so a later version of a name can
+    have a lower id; and a batch can end between two versions of a name. Neither may put a
+    version before an earlier one."""
+    insert = (
+        "INSERT INTO var_changes (id, name, version, op, changed_at) "
+        "VALUES (%s, %s, %s, 'set', UTC_TIMESTAMP(6))"
+    )
+    rows = [(10, b"a", 2), (11, b"b", 1), (12, b"a", 1), (13, b"b", 3), (14, b"c", 1)]
+    rows += [(15, b"a", 3), (16, b"b", 2)]
+    for row in rows:
+        store._execute(insert, row)
+    monkeypatch.setattr(db, "_SEQUENCE_BATCH", 4)  # ids 10-13, then b 2 (id 16) joins them
+    start = int(store._query("SELECT n FROM var_seq")[0][0])
+
+    store.last_seq()
+
+    numbered = sorted((seq, name, version) for seq, name, version in all_changes(store))
+    assert [(name, version) for _, name, version in numbered] == [
+        ("a", 1),  # a's places (ids 10 and 12) go to its versions in order
+        ("b", 1),
+        ("a", 2),
+        ("b", 2),  # b's places: ids 11, 13 and 16, which joined the batch
+        ("b", 3),
+        ("c", 1),  # the next batch
+        ("a", 3),
+    ]
+    assert [seq for seq, _, _ in numbered] == list(range(start + 1, start + 8))
+
+
+def test_the_sweeper_numbers_the_log_with_nobody_watching(store: db.MySQLStore):
+    store.put("a", "1")
+    store.sweep(keep_versions=100, keep_days=30, batch=100)
+    assert [seq is not None for seq, _, _ in all_changes(store)] == [True]

@@ -351,6 +351,7 @@ class LoadLog:
     counter_unknown: Counter[str] = field(default_factory=Counter)
     stale_reads: list[str] = field(default_factory=list)
     unanswered: list[str] = field(default_factory=list)
+    refusals: list[tuple[float, float, str]] = field(default_factory=list)  # 503s, and why
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def request(
@@ -363,8 +364,11 @@ class LoadLog:
             with self.lock:
                 self.unanswered.append(f"{method} {url}: {exc}")
             return None
+        ended = time.monotonic()
         with self.lock:
-            self.requests.append((started, time.monotonic(), response.status_code, method))
+            self.requests.append((started, ended, response.status_code, method))
+            if response.status_code == 503:
+                self.refusals.append((started, ended, f"{method} {url}: {response.text.strip()}"))
         return response
 
 
@@ -502,13 +506,19 @@ def test_three_instances_keep_every_acknowledged_write_when_a_node_is_killed(
         f"{dict(load.counter_acknowledged)} (+{dict(load.counter_unknown)} unknown); "
         f"write retries {retries}"
     )
+    refusals = "\n".join(
+        f"503 {s - began:.1f}-{e - began:.1f}s {why}" for s, e, why in load.refusals
+    )
+    print(refusals)
 
     assert max(ok_writes) > rejoined_at  # the load ran through the loss and the rejoin
     assert load.unanswered == []
     assert statuses[500] == 0
     assert set(statuses) <= {200, 201, 412, 503}
     # 503s only around the loss: from the kill to a little after the rejoin.
-    assert all(killed_at - began - 1 <= s and e <= rejoined_at - began + 3 for s, e in unavailable)
+    assert all(
+        killed_at - began - 1 <= s and e <= rejoined_at - began + 3 for s, e in unavailable
+    ), refusals
     assert statuses[503] <= 0.1 * len(load.requests)
     assert load.stale_reads == []
     for node in NODES:
