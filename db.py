@@ -719,7 +719,7 @@ class MySQLStore(Store):
         conn = self._connect_first_ready(args)
         try:
             cur = conn.cursor()
-            # A write is a transaction now (the row, the seq, the change-log entry). Under
+            # A write is a transaction (the row and its change-log entry). Under
             # REPEATABLE READ its UPDATE of a missing name would hold a gap lock until COMMIT,
             # and two writers creating names in the same gap would deadlock on each other's:
             # READ COMMITTED locks only the rows it touches. Same syntax on MySQL and MariaDB.

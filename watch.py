@@ -4,7 +4,8 @@ The database is the only state that workers and replicas share, so both read it:
 
 - ``ChangeFeed``: while at least one request waits for a change (a long-poll, an event
   stream), one poller per process reads the change log's newest entries (names and seqs, no
-  values: a primary-key range scan that finds nothing when nothing changed) every
+  values: an index range scan that finds nothing when nothing changed; on MySQL it first
+  numbers the entries committed since, see ``db.MySQLStore._sequence``) every
   ``WATCH_POLL_INTERVAL`` seconds and wakes the waiting requests whose names it saw. A waiting
   request costs a greenlet (or a thread) blocked on a Condition and no query at all; with
   nobody waiting, the poller stops.
