@@ -612,6 +612,13 @@ _META_COLUMNS = "name, NULL, version, created_at, updated_at, expires_at"
 _LIVE = "(expires_at IS NULL OR expires_at > {now})"
 _CHANGE_COLUMNS = "seq, name, version, op, value, changed_at, actor"
 _CHANGE_META_COLUMNS = "seq, name, version, op, NULL, changed_at, actor"
+# The change feed's poll. Entries without a seq come first (NULL sorts first): one range scan
+# of the seq index answers both "anything new?" and "anything to number?", so an idle poll is
+# one read.
+_MYSQL_RECENT_CHANGES = (
+    f"SELECT {_CHANGE_META_COLUMNS} FROM var_changes "
+    "WHERE seq IS NULL OR seq > %s ORDER BY seq LIMIT %s"
+)
 
 # Client error codes that mean the connection is gone (and the server codes it sends on KILL and
 # on wait_timeout before closing).
@@ -1188,16 +1195,19 @@ class MySQLStore(Store):
 
     # The change log
 
-    def _sequence(self) -> None:
+    def _sequence(self, *, pending: bool = False) -> None:
         """Give the committed change-log entries without a seq the next seqs, in the order
-        they were inserted (a name's in version order). Run by whoever is about to read seqs:
-        the change feed's poller, the sweeper, history reads. Costs one indexed read when there
-        is nothing to do. Two processes doing it at once: the second waits for the counter's
-        lock (one server) or fails certification (Galera, a 1213) because the first did the
-        work; either way nothing is numbered twice, and a batch left over is numbered on the
-        next call, so a conflict is not retried here."""
-        pending = "SELECT id FROM var_changes WHERE seq IS NULL LIMIT 1"
-        while self._query(pending):
+        they were inserted (a name's in version order). Run by whoever reads seqs and finds
+        an entry without one (the change feed's poller, SSE and long-poll requests, history
+        reads: their own query tells them, at no extra cost), and by the sweeper, so that the
+        log is numbered with nobody watching. Unless ``pending`` (the caller saw such an
+        entry), it first looks: one indexed read. Two processes doing it at once: the second
+        waits for the counter's lock (one server) or fails certification (Galera, a 1213)
+        because the first did the work; either way nothing is numbered twice, and a batch
+        left over is numbered on the next call, so a conflict is not retried here."""
+        look = "SELECT id FROM var_changes WHERE seq IS NULL LIMIT 1"
+        while pending or self._query(look):
+            pending = False
             try:
                 read = self._transaction(self._sequence_batch, retried=False)
             except _NotApplied:
@@ -1246,39 +1256,46 @@ class MySQLStore(Store):
     def history(
         self, name: str, before_version: int | None, limit: int, with_values: bool
     ) -> list[Change]:
-        self._sequence()
         columns = _CHANGE_COLUMNS if with_values else _CHANGE_META_COLUMNS
         sql = f"SELECT {columns} FROM var_changes WHERE name = %s"
         params: list[Any] = [name.encode()]
         if before_version is not None:
             sql += " AND version < %s"
             params.append(before_version)
-        rows = self._query(sql + " ORDER BY version DESC LIMIT %s", [*params, limit])
-        return [_change(r) for r in rows]
+        return self._numbered(sql + " ORDER BY version DESC LIMIT %s", [*params, limit])
+
+    def _numbered(self, sql: str, params: Sequence[Any]) -> list[Change]:
+        """The changes ``sql`` selects, numbered first if one of them had no seq yet."""
+        changes = [_change(r) for r in self._query(sql, params)]
+        if any(c.seq is None for c in changes):
+            self._sequence(pending=True)
+            changes = [_change(r) for r in self._query(sql, params)]
+        return changes
 
     def change(self, name: str, version: int) -> Change | None:
-        self._sequence()
-        rows = self._query(
+        changes = self._numbered(
             f"SELECT {_CHANGE_COLUMNS} FROM var_changes WHERE name = %s AND version = %s",
             (name.encode(), version),
         )
-        return _change(rows[0]) if rows else None
+        return changes[0] if changes else None
 
     def changes_since(self, after_seq: int, upto_seq: int, prefix: str, limit: int) -> list[Change]:
         sql, params = _changes_query(after_seq, upto_seq, prefix, limit, "%s", str.encode)
         return [_change(r) for r in self._query(sql, params)]
 
     def recent_changes(self, after_seq: int, limit: int) -> list[Change]:
-        self._sequence()
-        rows = self._query(
-            f"SELECT {_CHANGE_META_COLUMNS} FROM var_changes WHERE seq > %s ORDER BY seq LIMIT %s",
-            (after_seq, limit),
-        )
-        return [_change(r) for r in rows]
+        changes = self._numbered(_MYSQL_RECENT_CHANGES, (after_seq, limit))
+        return [c for c in changes if c.seq is not None]  # numbered meanwhile by nobody: later
 
     def last_seq(self) -> int:
-        self._sequence()
-        rows = self._query("SELECT n FROM var_seq WHERE id = 1")
+        sql = (
+            "SELECT n, EXISTS (SELECT 1 FROM var_changes WHERE seq IS NULL) "
+            "FROM var_seq WHERE id = 1"
+        )
+        rows = self._query(sql)
+        if rows and rows[0][1]:
+            self._sequence(pending=True)
+            rows = self._query(sql)
         return int(rows[0][0]) if rows else 0
 
     def first_seq(self) -> int | None:

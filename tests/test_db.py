@@ -309,3 +309,29 @@ def test_the_sweeper_numbers_the_log_with_nobody_watching(store: db.MySQLStore):
     store.put("a", "1")
     store.sweep(keep_versions=100, keep_days=30, batch=100)
     assert [seq is not None for seq, _, _ in all_changes(store)] == [True]
+
+
+def test_an_idle_poll_of_the_change_log_is_one_index_range_scan(store: db.MySQLStore):
+    """The poller's one statement finds both new changes and entries still to number by a
+    range scan of the seq index, whatever the size of the log."""
+    for start in range(1, 20001, 1000):
+        store._execute(
+            "INSERT INTO var_changes (seq, name, version, op, changed_at) VALUES "
+            + ", ".join(["(%s, %s, 1, 'set', UTC_TIMESTAMP(6))"] * 1000),
+            [p for n in range(start, start + 1000) for p in (n, f"k{n}".encode())],
+        )
+    store._execute("UPDATE var_seq SET n = 20000")
+    store.put("new", "1")  # not numbered yet
+    store._query("ANALYZE TABLE var_changes")
+
+    with store._cursor() as cur:
+        cur.execute("EXPLAIN " + db._MYSQL_RECENT_CHANGES, (19990, 1000))
+        plan = [dict(zip(cur.column_names, row, strict=True)) for row in cur.fetchall()]
+
+    [step] = plan
+    assert (step["table"], step["type"], step["key"]) == ("var_changes", "range", "seq")
+    assert int(step["rows"]) < 100
+    assert "filesort" not in str(step["Extra"])
+    changes = store.recent_changes(19990, 1000)
+    assert [c.seq for c in changes] == list(range(19991, 20002))
+    assert changes[-1].name == "new"
