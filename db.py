@@ -406,7 +406,8 @@ class Store(ABC):
 
     @abstractmethod
     def last_seq(self) -> int:
-        """The seq of the newest committed change (0 if none ever)."""
+        """The seq of the newest change that has one (0 if none ever): every change committed
+        before the call has a seq up to it, or gets a higher one."""
 
     @abstractmethod
     def first_seq(self) -> int | None:
@@ -575,6 +576,12 @@ _MYSQL_HISTORY_MIGRATIONS = (
     _MYSQL_SEQ_TABLE,
     "INSERT IGNORE INTO var_seq (id, n) SELECT 1, COALESCE(MAX(seq), 0) FROM var_changes",
 )
+# A change log of the version before: seq BIGINT UNSIGNED NOT NULL PRIMARY KEY, no id.
+_MYSQL_CHANGES_ID_MIGRATION = (
+    "ALTER TABLE var_changes DROP PRIMARY KEY, "
+    "ADD COLUMN id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT FIRST, ADD PRIMARY KEY (id), "
+    "MODIFY seq BIGINT UNSIGNED NULL, ADD UNIQUE KEY seq (seq)"
+)
 # Entries given a seq at a time: one short transaction, one UPDATE of at most this many rows.
 _SEQUENCE_BATCH = 1000
 _MYSQL_EXPIRY_MIGRATION = (
@@ -618,6 +625,10 @@ _CHANGE_META_COLUMNS = "seq, name, version, op, NULL, changed_at, actor"
 _MYSQL_RECENT_CHANGES = (
     f"SELECT {_CHANGE_META_COLUMNS} FROM var_changes "
     "WHERE seq IS NULL OR seq > %s ORDER BY seq LIMIT %s"
+)
+# The same once numbered: unnumbered entries left (a burst) cannot crowd the new ones out.
+_MYSQL_NUMBERED_CHANGES = (
+    f"SELECT {_CHANGE_META_COLUMNS} FROM var_changes WHERE seq > %s ORDER BY seq LIMIT %s"
 )
 
 # Client error codes that mean the connection is gone (and the server codes it sends on KILL and
@@ -957,7 +968,26 @@ class MySQLStore(Store):
         if cur.fetchall()[0][0] != 2:
             log.info("creating the change log (var_changes, var_seq)")
             for statement in _MYSQL_HISTORY_MIGRATIONS:
-                cur.execute(statement)
+                # Idempotent, so run again when an instance on another Galera node did the same
+                # at the same moment and ours lost certification (1213), as seen in CI.
+                for attempt in range(1, _WRITE_ATTEMPTS + 1):
+                    try:
+                        cur.execute(statement)
+                        break
+                    except self._errors.Error as exc:
+                        if exc.errno != _CONFLICT or attempt == _WRITE_ATTEMPTS:
+                            raise
+                        log.info("schema step retried after a conflict: %s", _describe(exc))
+            changed = True
+        if "id" not in _columns(cur, "var_changes"):
+            # A log whose seqs were given inside the writes (seq the primary key). Every entry
+            # keeps its seq; id numbers them in seq order. One statement: ALTER is atomic.
+            log.info("letting var_changes entries wait for their seq (adding var_changes.id)")
+            try:
+                cur.execute(_MYSQL_CHANGES_ID_MIGRATION)
+            except self._errors.Error:
+                if "id" not in _columns(cur, "var_changes"):  # another node did it meanwhile
+                    raise
             changed = True
         return changed
 
@@ -1195,16 +1225,19 @@ class MySQLStore(Store):
 
     # The change log
 
-    def _sequence(self, *, pending: bool = False) -> None:
-        """Give the committed change-log entries without a seq the next seqs, in the order
-        they were inserted (a name's in version order). Run by whoever reads seqs and finds
-        an entry without one (the change feed's poller, SSE and long-poll requests, history
+    def _sequence(self, *, pending: bool = False, backlog: bool = True) -> None:
+        """Give the committed change-log entries without a seq the next seqs, in id order
+        except that a name's take its versions' order. Run by whoever reads seqs and finds an
+        entry without one (the change feed's poller, SSE and long-poll requests, history
         reads: their own query tells them, at no extra cost), and by the sweeper, so that the
         log is numbered with nobody watching. Unless ``pending`` (the caller saw such an
-        entry), it first looks: one indexed read. Two processes doing it at once: the second
-        waits for the counter's lock (one server) or fails certification (Galera, a 1213)
-        because the first did the work; either way nothing is numbered twice, and a batch
-        left over is numbered on the next call, so a conflict is not retried here."""
+        entry), it first looks: one indexed read. Batches follow while the last one was full,
+        unless not ``backlog`` (a request numbers one batch and leaves the rest to the poller
+        and the sweeper). Two processes at once: on one server the second finds the counter
+        locked and leaves (SKIP LOCKED: the first is numbering); on Galera one of them fails
+        certification (1213) because the other did the work. Either way nothing is numbered
+        twice and nothing waits, and what is left over is numbered by the next call, so a
+        conflict is not retried here."""
         look = "SELECT id FROM var_changes WHERE seq IS NULL LIMIT 1"
         while pending or self._query(look):
             pending = False
@@ -1212,14 +1245,19 @@ class MySQLStore(Store):
                 read = self._transaction(self._sequence_batch, retried=False)
             except _NotApplied:
                 return
-            if read < _SEQUENCE_BATCH:
+            if read < _SEQUENCE_BATCH or not backlog:
                 return
 
     def _sequence_batch(self, cur: Any) -> int:
         """Number a batch of entries in the caller's transaction; return how many were read
         (the batch's size: when full, there may be more)."""
-        cur.execute("SELECT n FROM var_seq WHERE id = 1 FOR UPDATE")
-        last = int(cur.fetchall()[0][0])
+        # SKIP LOCKED (MySQL 8.0.1+, MariaDB 10.6+): if another process holds the counter, it
+        # is numbering right now; no row means leave it to that one.
+        cur.execute("SELECT n FROM var_seq WHERE id = 1 FOR UPDATE SKIP LOCKED")
+        counter = cur.fetchall()
+        if not counter:
+            return 0
+        last = int(counter[0][0])
         # A consistent read, so no lock on an entry being inserted. Holding the counter, this
         # transaction is the only one numbering: what it reads without a seq stays so.
         cur.execute(
@@ -1248,8 +1286,8 @@ class MySQLStore(Store):
             f"WHERE id IN ({marks}) AND seq IS NULL",
             [last, *ids, *ids],
         )
-        if cur.rowcount != len(ids):
-            raise StoreUnavailable("the change log was numbered by another process meanwhile")
+        if cur.rowcount != len(ids):  # numbered by another process meanwhile: undone
+            raise _NotApplied("the change log was numbered by another process meanwhile")
         cur.execute("UPDATE var_seq SET n = %s WHERE id = 1", (last + len(ids),))
         return read
 
@@ -1264,12 +1302,13 @@ class MySQLStore(Store):
             params.append(before_version)
         return self._numbered(sql + " ORDER BY version DESC LIMIT %s", [*params, limit])
 
-    def _numbered(self, sql: str, params: Sequence[Any]) -> list[Change]:
-        """The changes ``sql`` selects, numbered first if one of them had no seq yet."""
+    def _numbered(self, sql: str, params: Sequence[Any], again: str | None = None) -> list[Change]:
+        """The changes ``sql`` selects; if one had no seq yet, numbered first and selected
+        again (by ``again``, if given, with the same parameters)."""
         changes = [_change(r) for r in self._query(sql, params)]
         if any(c.seq is None for c in changes):
-            self._sequence(pending=True)
-            changes = [_change(r) for r in self._query(sql, params)]
+            self._sequence(pending=True, backlog=False)
+            changes = [_change(r) for r in self._query(again or sql, params)]
         return changes
 
     def change(self, name: str, version: int) -> Change | None:
@@ -1284,8 +1323,11 @@ class MySQLStore(Store):
         return [_change(r) for r in self._query(sql, params)]
 
     def recent_changes(self, after_seq: int, limit: int) -> list[Change]:
-        changes = self._numbered(_MYSQL_RECENT_CHANGES, (after_seq, limit))
-        return [c for c in changes if c.seq is not None]  # numbered meanwhile by nobody: later
+        changes = self._numbered(
+            _MYSQL_RECENT_CHANGES, (after_seq, limit), again=_MYSQL_NUMBERED_CHANGES
+        )
+        # Unnumbered entries (the first read found nothing else) wait for the next poll.
+        return [c for c in changes if c.seq is not None]
 
     def last_seq(self) -> int:
         sql = (
@@ -1294,7 +1336,7 @@ class MySQLStore(Store):
         )
         rows = self._query(sql)
         if rows and rows[0][1]:
-            self._sequence(pending=True)
+            self._sequence(pending=True, backlog=False)
             rows = self._query(sql)
         return int(rows[0][0]) if rows else 0
 
@@ -1331,7 +1373,8 @@ class MySQLStore(Store):
                 "DELETE FROM var_changes WHERE seq <= %s", (int(oldest[0][0]),)
             )[0]
         # More than keep_versions behind their name's newest: found by walking the log in seq
-        # order, a batch a sweep (a primary-key range scan), from where this process stopped.
+        # order, a batch a sweep (a range scan of the seq index), from where this process
+        # stopped.
         rows = self._query(
             "SELECT seq, name, version FROM var_changes WHERE seq > %s ORDER BY seq LIMIT %s",
             (self._prune_cursor, batch),
@@ -1381,7 +1424,8 @@ def _crowded(rows: Sequence[Sequence[Any]], keep_versions: int) -> dict[Any, int
 def _changes_query(
     after_seq: int, upto_seq: int, prefix: str, limit: int, mark: str, encode: Callable[[str], Any]
 ) -> tuple[str, list[Any]]:
-    """Changes in a seq window under a prefix: a primary-key range scan, the prefix filtered."""
+    """Changes in a seq window under a prefix: a range scan of the seq index (MySQL; the primary
+    key on SQLite), the prefix filtered."""
     sql = f"SELECT {_CHANGE_COLUMNS} FROM var_changes WHERE seq > {mark} AND seq <= {mark}"
     params: list[Any] = [after_seq, upto_seq]
     if prefix:
@@ -1396,9 +1440,15 @@ def _changes_query(
 
 def _vars_columns(cur: Any) -> set[str]:
     """The lower-case column names of the vars table in the current database (none: no table)."""
+    return _columns(cur, "vars")
+
+
+def _columns(cur: Any, table: str) -> set[str]:
+    """The lower-case column names of ``table`` in the current database (none: no table)."""
     cur.execute(
         "SELECT COLUMN_NAME FROM information_schema.COLUMNS "
-        "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'vars'"
+        "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s",
+        (table,),
     )
     return {str(row[0]).lower() for row in cur.fetchall()}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -216,49 +217,69 @@ def test_a_write_leaves_its_change_unnumbered_until_somebody_reads_seqs(store: d
     assert all_changes(store) == [(before + 1, "a", 1), (before + 2, "a", 2)]
 
 
-def test_concurrent_writers_and_numberers_give_dense_seqs_in_version_order(mysql_server: str):
+def test_concurrent_writers_and_numberers_give_dense_seqs_in_version_order(
+    mysql_server: str, monkeypatch: pytest.MonkeyPatch
+):
     """Six writers and three stores numbering at once (as the pollers and sweepers of three
-    processes do), while a reader follows the log: every change gets exactly one seq, the seqs
-    run 1..N without a hole, each name's in version order, and the reader, which only ever
-    asks for seqs above the last it saw, sees every change once."""
+    processes do), in batches of 7 so that many batches are full, while a reader follows the
+    log: every change gets exactly one seq, the seqs run 1..N without a hole, each name's in
+    version order, and the reader, which only ever asks for seqs above the last it saw, sees
+    every change once, in order."""
+    monkeypatch.setattr(db, "_SEQUENCE_BATCH", 7)
     with scratch_database(mysql_server) as url:
         stores = [mysql_store(url, pool_size=8) for _ in range(3)]
         for s in stores:
             s.ensure_ready()
-        stop, failures, seen = threading.Event(), [], []
+        writing, following = threading.Event(), threading.Event()
+        failures: list[str] = []
+        seen: list[int] = []
+
+        def guarded(job: Callable[[], None]) -> Callable[[], None]:
+            def run() -> None:
+                try:
+                    job()
+                except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+                    failures.append(repr(exc))
+
+            return run
 
         def write(k: int) -> None:
-            try:
-                for i in range(60):
-                    stores[k % 3].put(f"n{i % 4}", f"{k} {i}")  # contended names
-                    stores[k % 3].put(f"own/{k}/{i}", "x")
-            except db.StoreError as exc:
-                failures.append(repr(exc))
+            for i in range(60):
+                stores[k % 3].put(f"n{i % 4}", f"{k} {i}")  # contended names
+                stores[k % 3].put(f"own/{k}/{i}", "x")
 
         def number(s: db.MySQLStore) -> None:
-            while not stop.is_set():
+            while writing.is_set():
                 s.last_seq()
 
         def follow() -> None:
             after = 0
             while True:
-                done = stop.is_set()
+                last_round = not following.is_set()
                 for change in stores[0].recent_changes(after, 50):
                     seen.append(change.seq)
                     after = change.seq
-                if done:
+                if last_round:
                     return
 
-        numberers = [threading.Thread(target=number, args=(s,)) for s in stores]
-        follower = threading.Thread(target=follow)
-        writers = [threading.Thread(target=write, args=(k,)) for k in range(6)]
+        writing.set()
+        following.set()
+        numberers = [threading.Thread(target=guarded(lambda s=s: number(s))) for s in stores]
+        follower = threading.Thread(target=guarded(follow))
+        writers = [threading.Thread(target=guarded(lambda k=k: write(k))) for k in range(6)]
         for thread in [*numberers, follower, *writers]:
             thread.start()
         for thread in writers:
             thread.join()
-        stop.set()
-        for thread in [*numberers, follower]:
+        writing.clear()
+        for thread in numberers:
             thread.join()
+        for _ in range(100):  # what the rounds left (one that found the counter busy left)
+            if all(seq is not None for seq, _, _ in all_changes(stores[0])):
+                break
+            stores[0]._sequence()
+        following.clear()
+        follower.join()
 
         assert failures == []
         changes = all_changes(stores[0])
@@ -290,7 +311,7 @@ def test_numbering_keeps_a_names_versions_in_order_whatever_the_ids(
     monkeypatch.setattr(db, "_SEQUENCE_BATCH", 4)  # ids 10-13, then b 2 (id 16) joins them
     start = int(store._query("SELECT n FROM var_seq")[0][0])
 
-    store.last_seq()
+    store._sequence()  # as the poller and the sweeper do: batches while they are full
 
     numbered = sorted((seq, name, version) for seq, name, version in all_changes(store))
     assert [(name, version) for _, name, version in numbered] == [
@@ -303,6 +324,57 @@ def test_numbering_keeps_a_names_versions_in_order_whatever_the_ids(
         ("a", 3),
     ]
     assert [seq for seq, _, _ in numbered] == list(range(start + 1, start + 8))
+
+
+def test_history_reads_number_their_entries(store: db.MySQLStore):
+    store.put("a", "1")
+    store.put("a", "2")
+    assert all(c.seq is not None for c in store.history("a", None, 10, with_values=False))
+    store.put("a", "3")
+    assert store.change("a", 3).seq is not None
+
+
+def test_retention_never_prunes_an_entry_before_it_is_numbered(store: db.MySQLStore):
+    """Pruning walks the log in seq order: an unnumbered entry is out of its reach until it
+    has a seq, so a watcher cannot miss a change that retention removed unseen."""
+    for n in range(5):
+        store.put("a", str(n))
+    assert store._prune(keep_versions=2, keep_days=30, batch=100) == 0
+    store.sweep(keep_versions=2, keep_days=30, batch=100)
+    assert [version for _, _, version in all_changes(store)] == [4, 5]
+
+
+def test_a_change_log_numbered_inside_the_writes_upgrades_in_place(store: db.MySQLStore):
+    """The schema before this one: seq the primary key, given by each write. Entries keep
+    their seqs; new ones follow them."""
+    with store._cursor() as cur:
+        cur.execute("DROP TABLE var_changes")
+        cur.execute(
+            "CREATE TABLE var_changes (seq BIGINT UNSIGNED NOT NULL, "
+            "name VARBINARY(1020) NOT NULL, version BIGINT UNSIGNED NOT NULL, "
+            "op VARCHAR(6) CHARACTER SET ascii NOT NULL, value LONGTEXT NULL, "
+            "changed_at DATETIME(6) NOT NULL, actor VARCHAR(16) CHARACTER SET ascii NULL, "
+            "PRIMARY KEY (seq), UNIQUE KEY name_version (name, version))"
+        )
+        cur.execute(
+            "INSERT INTO var_changes VALUES (7, 'a', 1, 'set', 'x', UTC_TIMESTAMP(6), NULL), "
+            "(9, 'a', 2, 'set', 'y', UTC_TIMESTAMP(6), NULL)"
+        )
+        cur.execute("UPDATE var_seq SET n = 9")
+        cur.execute("DELETE FROM vars")
+        cur.execute("INSERT INTO vars (name, value, version) VALUES ('a', 'y', 2)")
+    store.close()
+    store._ready = False
+
+    assert store._init_schema() == "migrated"
+    store.put("a", "z")
+
+    assert store.last_seq() == 10
+    assert all_changes(store) == [(7, "a", 1), (9, "a", 2), (10, "a", 3)]
+    assert store.change("a", 1).value == "x"
+    store.close()
+    store._ready = False
+    assert store._init_schema() == "up to date"
 
 
 def test_the_sweeper_numbers_the_log_with_nobody_watching(store: db.MySQLStore):
