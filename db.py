@@ -916,7 +916,7 @@ class MySQLStore(Store):
                     "timed out waiting for another instance to prepare the schema"
                 )
             try:
-                return self._create_or_migrate(cur)
+                return self._create_or_migrate_retrying(cur)
             finally:
                 cur.execute("SELECT RELEASE_LOCK(%s)", (_LOCK_NAME,))
                 cur.fetchall()
@@ -941,6 +941,21 @@ class MySQLStore(Store):
             ) from exc
         finally:
             conn.close()
+
+    def _create_or_migrate_retrying(self, cur: Any) -> str:
+        """``_create_or_migrate``, run again when a step lost to the same step of an instance
+        on another Galera node (1213: seen in CI with six instances on three nodes starting
+        together; GET_LOCK does not span nodes). Every step is idempotent."""
+        for attempt in range(1, _WRITE_ATTEMPTS + 1):
+            try:
+                return self._create_or_migrate(cur)
+            except self._errors.Error as exc:
+                if exc.errno != _CONFLICT or attempt == _WRITE_ATTEMPTS:
+                    raise
+                log.info("schema preparation retried after a conflict: %s", _describe(exc))
+                backoff = min(_BACKOFF_SECONDS * 2**attempt, _BACKOFF_MAX_SECONDS)
+                time.sleep(random.uniform(0, backoff))  # noqa: S311 - jitter, not security
+        raise AssertionError("unreachable")
 
     def _create_or_migrate(self, cur: Any) -> str:
         outcome = self._create_or_migrate_vars(cur)
@@ -968,16 +983,7 @@ class MySQLStore(Store):
         if cur.fetchall()[0][0] != 2:
             log.info("creating the change log (var_changes, var_seq)")
             for statement in _MYSQL_HISTORY_MIGRATIONS:
-                # Idempotent, so run again when an instance on another Galera node did the same
-                # at the same moment and ours lost certification (1213), as seen in CI.
-                for attempt in range(1, _WRITE_ATTEMPTS + 1):
-                    try:
-                        cur.execute(statement)
-                        break
-                    except self._errors.Error as exc:
-                        if exc.errno != _CONFLICT or attempt == _WRITE_ATTEMPTS:
-                            raise
-                        log.info("schema step retried after a conflict: %s", _describe(exc))
+                cur.execute(statement)
             changed = True
         if "id" not in _columns(cur, "var_changes"):
             # A log whose seqs were given inside the writes (seq the primary key). Every entry
@@ -1226,18 +1232,17 @@ class MySQLStore(Store):
     # The change log
 
     def _sequence(self, *, pending: bool = False, backlog: bool = True) -> None:
-        """Give the committed change-log entries without a seq the next seqs, in id order
-        except that a name's take its versions' order. Run by whoever reads seqs and finds an
-        entry without one (the change feed's poller, SSE and long-poll requests, history
-        reads: their own query tells them, at no extra cost), and by the sweeper, so that the
-        log is numbered with nobody watching. Unless ``pending`` (the caller saw such an
-        entry), it first looks: one indexed read. Batches follow while the last one was full,
-        unless not ``backlog`` (a request numbers one batch and leaves the rest to the poller
-        and the sweeper). Two processes at once: on one server the second finds the counter
-        locked and leaves (SKIP LOCKED: the first is numbering); on Galera one of them fails
-        certification (1213) because the other did the work. Either way nothing is numbered
-        twice and nothing waits, and what is left over is numbered by the next call, so a
-        conflict is not retried here."""
+        """Give the committed change-log entries without a seq the next seqs, in id order,
+        except that each name's entries take the order of their versions. Run by whoever
+        reads seqs and finds an entry without one (the change feed's poller, SSE and
+        long-poll requests, history reads: their own query tells them, at no extra cost; one
+        batch each), and by the sweeper, so that the log is numbered with nobody watching.
+        Unless ``pending`` (the caller saw such an entry), it first looks: one indexed read.
+        Batches follow while the last one was full, unless not ``backlog``. Two processes at
+        once: on one server the second finds the counter locked and leaves (SKIP LOCKED: the
+        first is numbering); on Galera one of them fails certification (1213) because the
+        other did the work. Either way nothing is numbered twice and nothing waits, and what
+        is left over is numbered by the next call, so a conflict is not retried here."""
         look = "SELECT id FROM var_changes WHERE seq IS NULL LIMIT 1"
         while pending or self._query(look):
             pending = False
