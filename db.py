@@ -943,19 +943,19 @@ class MySQLStore(Store):
             conn.close()
 
     def _create_or_migrate_retrying(self, cur: Any) -> str:
-        """``_create_or_migrate``, run again when a step lost to the same step of an instance
-        on another Galera node (1213: seen in CI with six instances on three nodes starting
-        together; GET_LOCK does not span nodes). Every step is idempotent."""
-        for attempt in range(1, _WRITE_ATTEMPTS + 1):
+        """``_create_or_migrate``, run again (``_retrying``) when a step lost to the same step
+        of an instance on another Galera node (1213: seen in CI with six instances on three
+        nodes starting together; GET_LOCK does not span nodes). Every step is idempotent."""
+
+        def attempt() -> str:
             try:
                 return self._create_or_migrate(cur)
             except self._errors.Error as exc:
-                if exc.errno != _CONFLICT or attempt == _WRITE_ATTEMPTS:
-                    raise
-                log.info("schema preparation retried after a conflict: %s", _describe(exc))
-                backoff = min(_BACKOFF_SECONDS * 2**attempt, _BACKOFF_MAX_SECONDS)
-                time.sleep(random.uniform(0, backoff))  # noqa: S311 - jitter, not security
-        raise AssertionError("unreachable")
+                if exc.errno == _CONFLICT:
+                    raise _NotApplied(_describe(exc)) from exc
+                raise
+
+        return _retrying(attempt)
 
     def _create_or_migrate(self, cur: Any) -> str:
         outcome = self._create_or_migrate_vars(cur)
@@ -968,12 +968,12 @@ class MySQLStore(Store):
         True if something had to be added. Idempotent, and harmless when another instance
         (on another Galera node, past GET_LOCK) does the same at the same time."""
         changed = False
-        if "expires_at" not in _vars_columns(cur):
+        if "expires_at" not in _columns(cur, "vars"):
             log.info("adding vars.expires_at")
             try:
                 cur.execute(_MYSQL_EXPIRY_MIGRATION)
             except self._errors.Error:
-                if "expires_at" not in _vars_columns(cur):
+                if "expires_at" not in _columns(cur, "vars"):
                     raise
             changed = True
         cur.execute(
@@ -998,7 +998,7 @@ class MySQLStore(Store):
         return changed
 
     def _create_or_migrate_vars(self, cur: Any) -> str:
-        columns = _vars_columns(cur)
+        columns = _columns(cur, "vars")
         if not columns:
             cur.execute(_MYSQL_TABLE)  # IF NOT EXISTS: another node may have created it
             return "created"
@@ -1013,7 +1013,7 @@ class MySQLStore(Store):
             # node may migrate at the same time (DDL is replicated in total order, so its ALTER
             # makes ours fail with 1060 "Duplicate column name", or aborts our UPDATE). Every
             # step is idempotent: what counts is that the table ends up migrated.
-            if "version" not in _vars_columns(cur):
+            if "version" not in _columns(cur, "vars"):
                 raise
             log.info("another instance migrated the vars table meanwhile")
             return "up to date"
@@ -1441,11 +1441,6 @@ def _changes_query(
             sql += f" AND name < {mark}"
             params.append(encode(upper))
     return sql + f" ORDER BY seq LIMIT {mark}", [*params, limit]
-
-
-def _vars_columns(cur: Any) -> set[str]:
-    """The lower-case column names of the vars table in the current database (none: no table)."""
-    return _columns(cur, "vars")
 
 
 def _columns(cur: Any, table: str) -> set[str]:
