@@ -1,0 +1,279 @@
+"""``MySQLStore``: MySQL 8.x, MariaDB and Galera. Its writes, and its change-log reads.
+
+A write is one transaction on one pooled connection: the row (``UPDATE ... version =
+LAST_INSERT_ID(version + 1)`` hands the new version back in the OK packet; INSERT only for a
+new name) and its change-log entry, which gets its seq after the commit
+(``storage.mysql.numbering``). Reads, history and retention are ``SQLStore``'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from storage import queries
+from storage.dialect import MYSQL
+from storage.model import (
+    Change,
+    PreconditionFailed,
+    StoreError,
+    VersionNotFound,
+    WriteResult,
+)
+from storage.mysql import numbering, schema
+from storage.mysql.connections import MySQLConnections
+from storage.sql import SQLStore
+from storage.url import DatabaseURL
+
+_DUPLICATE_KEY = 1062
+_LIVE = MYSQL.live
+_EXPIRES = MYSQL.expires_in
+# The change feed's poll. Entries without a seq come first (NULL sorts first): one range scan
+# of the seq index answers both "anything new?" and "anything to number?", so an idle poll is
+# one read.
+RECENT_CHANGES = (
+    f"SELECT {queries.CHANGE_META_COLUMNS} FROM var_changes "
+    "WHERE seq IS NULL OR seq > %s ORDER BY seq LIMIT %s"
+)
+# The same once numbered: unnumbered entries left (a burst) cannot crowd the new ones out.
+_NUMBERED_CHANGES = (
+    f"SELECT {queries.CHANGE_META_COLUMNS} FROM var_changes WHERE seq > %s ORDER BY seq LIMIT %s"
+)
+_LAST_SEQ = (
+    "SELECT n, EXISTS (SELECT 1 FROM var_changes WHERE seq IS NULL) FROM var_seq WHERE id = 1"
+)
+
+
+class _Taken(StoreError):
+    """A bulk insert met a name that exists: the transaction is rolled back."""
+
+
+class MySQLStore(SQLStore):
+    kind = "mysql"
+    dialect = MYSQL
+
+    def __init__(
+        self, url: DatabaseURL, connect_timeout: int, statement_timeout: int, pool_size: int
+    ) -> None:
+        super().__init__(url)
+        self.init_wait = connect_timeout + 1
+        self.connections = MySQLConnections(
+            url, connect_timeout, statement_timeout, pool_size, self._connections_changed
+        )
+
+    def prepare_schema(self) -> str:
+        return schema.prepare(self.connections)
+
+    def close(self) -> None:
+        self.connections.close()
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self.connections.query(sql, params)
+
+    def _write(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self.connections.execute(sql, params)[0]
+
+    # Writes
+
+    def put(
+        self,
+        name: str,
+        value: str,
+        *,
+        if_version: int | None = None,
+        if_absent: bool = False,
+        if_exists: bool = False,
+        ttl: float | None = None,
+        actor: str | None = None,
+    ) -> WriteResult:
+        conditions = (if_version, if_absent, if_exists, ttl, actor)
+        return self.connections.transaction(lambda cur: self._put(cur, name, value, *conditions))
+
+    def restore(
+        self,
+        name: str,
+        version: int,
+        *,
+        if_version: int | None = None,
+        if_absent: bool = False,
+        if_exists: bool = False,
+        ttl: float | None = None,
+        actor: str | None = None,
+    ) -> WriteResult:
+        conditions = (if_version, if_absent, if_exists, ttl, actor)
+
+        def work(cur: Any) -> WriteResult:
+            cur.execute(queries.one_change(MYSQL), (name.encode(), version))
+            rows = cur.fetchall()
+            old = queries.change(rows[0]) if rows else None
+            if old is None or old.value is None:
+                raise VersionNotFound(name, version)
+            return self._put(cur, name, old.value, *conditions)
+
+        return self.connections.transaction(work)
+
+    def _put(
+        self,
+        cur: Any,
+        name: str,
+        value: str,
+        if_version: int | None,
+        if_absent: bool,
+        if_exists: bool,
+        ttl: float | None,
+        actor: str | None,
+    ) -> WriteResult:
+        key, expiry = name.encode(), MYSQL.expiry(ttl)
+        result = None
+        if not if_absent:
+            # LAST_INSERT_ID(expr) hands the new version back in the OK packet.
+            sql = (
+                "UPDATE vars SET value = %s, version = LAST_INSERT_ID(version + 1), "
+                f"updated_at = UTC_TIMESTAMP(6), expires_at = {_EXPIRES} "
+                f"WHERE name = %s AND {_LIVE}"
+            )
+            params: tuple[Any, ...] = (value, expiry, key)
+            if if_version is not None:
+                sql, params = sql + " AND version = %s", (*params, if_version)
+            cur.execute(sql, params)
+            if cur.rowcount:
+                result = WriteResult(int(cur.lastrowid), created=False)
+            elif if_version is not None or if_exists:
+                raise PreconditionFailed(name)
+        if result is None:
+            result = self._create(cur, key, value, expiry, if_absent)
+        cur.execute(queries.log_set(MYSQL), (actor, key))
+        return result
+
+    def _create(
+        self, cur: Any, key: bytes, value: str, expiry: int | None, if_absent: bool
+    ) -> WriteResult:
+        """Insert ``key``, its version continuing from its retained history (a recreated
+        variable never reuses a version, so an old ETag cannot match it). If an expired row is
+        in the way, expire it first; if a live one is (created meanwhile), update it unless
+        ``if_absent``."""
+        try:
+            cur.execute(
+                "INSERT INTO vars (name, value, version, created_at, updated_at, expires_at) "
+                "SELECT %s, %s, LAST_INSERT_ID(COALESCE(MAX(version), 0) + 1), "
+                f"UTC_TIMESTAMP(6), UTC_TIMESTAMP(6), {_EXPIRES} "
+                "FROM var_changes WHERE name = %s",
+                (key, value, expiry, key),
+            )
+            return WriteResult(int(cur.lastrowid), created=True)
+        except self.connections.errors.IntegrityError as exc:
+            if exc.errno != _DUPLICATE_KEY:
+                raise
+        if self._expire_row(cur, key, None):
+            return self._create(cur, key, value, expiry, if_absent)
+        if if_absent:
+            raise PreconditionFailed(key.decode())
+        cur.execute(
+            "UPDATE vars SET value = %s, version = LAST_INSERT_ID(version + 1), "
+            f"updated_at = UTC_TIMESTAMP(6), expires_at = {_EXPIRES} WHERE name = %s",
+            (value, expiry, key),
+        )
+        return WriteResult(int(cur.lastrowid), created=False)
+
+    def _expire_row(self, cur: Any, key: bytes, version: int | None) -> bool:
+        """Delete ``key``'s row if its deadline has passed (and it is still at ``version``,
+        if given), logging an ``expire`` change; False if there was nothing to expire."""
+        sql = "SELECT version FROM vars WHERE name = %s AND expires_at <= UTC_TIMESTAMP(6)"
+        params: tuple[Any, ...] = (key,)
+        if version is not None:
+            sql, params = sql + " AND version = %s", (*params, version)
+        cur.execute(sql + " FOR UPDATE", params)
+        rows = cur.fetchall()
+        if not rows:
+            return False
+        cur.execute("DELETE FROM vars WHERE name = %s", (key,))
+        cur.execute(queries.log_gone(MYSQL), (key, int(rows[0][0]) + 1, "expire", None))
+        return True
+
+    def _expire(self, key: Any, version: int) -> bool:
+        return bool(self.connections.transaction(lambda cur: self._expire_row(cur, key, version)))
+
+    def _insert_new(self, items: list[tuple[str, str]]) -> bool:
+        keys = [name.encode() for name, _ in items]
+        values = [value for _, value in items]
+
+        def work(cur: Any) -> bool:
+            cur.execute(
+                "SELECT name, MAX(version) FROM var_changes "
+                f"WHERE name IN ({MYSQL.marks(len(keys))}) GROUP BY name",
+                keys,
+            )
+            before = {bytes(name): int(version) for name, version in cur.fetchall()}
+            rows = list(zip(keys, values, [before.get(key, 0) + 1 for key in keys], strict=True))
+            marks = ", ".join(["(%s, %s, %s, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))"] * len(rows))
+            try:
+                cur.execute(
+                    "INSERT INTO vars (name, value, version, created_at, updated_at) "
+                    f"VALUES {marks}",
+                    [p for row in rows for p in row],
+                )
+            except self.connections.errors.IntegrityError as exc:
+                if exc.errno != _DUPLICATE_KEY:
+                    raise
+                raise _Taken from exc
+            logged = ", ".join(["(%s, %s, 'set', %s, UTC_TIMESTAMP(6), NULL)"] * len(rows))
+            cur.execute(
+                "INSERT INTO var_changes (name, version, op, value, changed_at, actor) "
+                f"VALUES {logged}",
+                [p for key, value, version in rows for p in (key, version, value)],
+            )
+            return True
+
+        try:
+            return bool(self.connections.transaction(work))
+        except _Taken:
+            return False
+
+    def delete(
+        self,
+        name: str,
+        *,
+        if_version: int | None = None,
+        if_exists: bool = False,
+        actor: str | None = None,
+    ) -> bool:
+        key = name.encode()
+
+        def work(cur: Any) -> bool:
+            cur.execute(f"SELECT version FROM vars WHERE name = %s AND {_LIVE} FOR UPDATE", (key,))
+            rows = cur.fetchall()
+            if not rows or (if_version is not None and int(rows[0][0]) != if_version):
+                if if_exists or if_version is not None:
+                    raise PreconditionFailed(name)
+                return False
+            cur.execute("DELETE FROM vars WHERE name = %s", (key,))
+            cur.execute(queries.log_gone(MYSQL), (key, int(rows[0][0]) + 1, "delete", actor))
+            return True
+
+        return bool(self.connections.transaction(work))
+
+    # The change log: reads that find an entry without a seq number the log first
+
+    def _number_log(self) -> None:
+        numbering.number(self.connections)
+
+    def _numbered(self, sql: str, params: Sequence[Any], again: str | None = None) -> list[Change]:
+        """The changes ``sql`` selects; if one had no seq yet, numbered first and selected
+        again (by ``again``, if given, with the same parameters)."""
+        changes = [queries.change(r) for r in self._read(sql, params)]
+        if any(c.seq is None for c in changes):
+            numbering.number(self.connections, pending=True, backlog=False)
+            changes = [queries.change(r) for r in self._read(again or sql, params)]
+        return changes
+
+    def numbered_recent_changes(self, after_seq: int, limit: int) -> list[Change]:
+        changes = self._numbered(RECENT_CHANGES, (after_seq, limit), again=_NUMBERED_CHANGES)
+        # Unnumbered entries (the first read found nothing else) wait for the next poll.
+        return [c for c in changes if c.seq is not None]
+
+    def numbered_last_seq(self) -> int:
+        rows = self._read(_LAST_SEQ)
+        if rows and rows[0][1]:
+            numbering.number(self.connections, pending=True, backlog=False)
+            rows = self._read(_LAST_SEQ)
+        return int(rows[0][0]) if rows else 0
