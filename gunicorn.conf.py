@@ -62,7 +62,8 @@ errorlog = "-"
 loglevel = "info"
 # One JSON object a line: time, remote, method, path, status, bytes, duration_ms, request_id.
 logger_class = JsonAccessLogger
-# No preload: each worker imports the app after the fork, so no connection crosses a fork.
+# No preload: each worker imports the app after the fork, so no connection crosses a fork and
+# each worker starts its own background work (schema preparation, sweeper: watch.py).
 preload_app = False
 limit_request_line = 8190
 limit_request_fields = 100
@@ -108,17 +109,9 @@ def on_exit(server):
 
 
 def post_worker_init(worker):
-    import db
-    import watch
-
-    app = worker.wsgi
-    db.prepare_in_background(app)
+    # The app (built in this worker after the fork) has started its background work already.
     # Long-polls and event streams end once the worker is told to stop (SIGTERM), instead of
     # holding it for graceful_timeout.
-    app.extensions["var_keeper.feed"].stopping = lambda: not worker.alive
-    watch.start_sweeper(
-        app.extensions["var_keeper.store"],
-        app.config["HISTORY_KEEP_VERSIONS"],
-        app.config["HISTORY_KEEP_DAYS"],
-        app.config["SWEEP_INTERVAL"],
-    )
+    import watch
+
+    watch.get_feed(worker.wsgi).stopping = lambda: not worker.alive

@@ -13,7 +13,7 @@ import re
 import time
 import uuid
 
-from flask import Flask, Response, g, request
+from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -24,6 +24,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+
+import db
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -46,31 +48,37 @@ CONNECTIONS = Gauge(
 )
 
 
+bp = Blueprint("observability", __name__)
+
+
 def init_app(app: Flask) -> None:
-    """Give every request an id and count it; serve ``GET /metrics``."""
+    """Give every request an id and count it; serve ``GET /metrics``; count connections."""
+    app.register_blueprint(bp)
+    db.get_store(app).on_connections = CONNECTIONS.set
 
-    @app.before_request
-    def start_request() -> None:
-        incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        g.started = time.perf_counter()
 
-    @app.after_request
-    def finish_request(response: Response) -> Response:
-        response.headers["X-Request-ID"] = g.get("request_id", "")
-        route = request.url_rule.rule if request.url_rule else "unmatched"
-        REQUESTS.labels(request.method, route, str(response.status_code)).inc()
-        if "started" in g:
-            LATENCY.labels(request.method, route).observe(time.perf_counter() - g.started)
-        return response
+@bp.before_app_request
+def start_request() -> None:
+    incoming = request.headers.get("X-Request-ID", "")
+    g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    g.started = time.perf_counter()
 
-    app.extensions["var_keeper.store"].on_connections = CONNECTIONS.set
 
-    @app.get("/metrics")
-    def metrics() -> Response:
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
-        else:
-            registry = REGISTRY
-        return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+@bp.after_app_request
+def finish_request(response: Response) -> Response:
+    response.headers["X-Request-ID"] = g.get("request_id", "")
+    route = request.url_rule.rule if request.url_rule else "unmatched"
+    REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+    if "started" in g:
+        LATENCY.labels(request.method, route).observe(time.perf_counter() - g.started)
+    return response
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

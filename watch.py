@@ -1,17 +1,24 @@
-"""Work a worker process does besides answering requests: the change feed and the sweeper.
+"""Work a process does besides answering requests, and the one place where it starts: the
+schema preparation, the sweeper, and the change feed.
 
-The database is the only state that workers and replicas share, so both read it:
+``init_app`` (called by ``create_app``) starts it, so it runs wherever an app is built: in each
+gunicorn worker after the fork (no preload), under ``flask run`` and under the test client.
+``stop_background`` ends an app's work, ``stop_all`` every app's; an app that is dropped
+without either stops its work when it is collected.
+The database is the only state that workers and replicas share, so all of it reads the database:
 
+- schema preparation: ``Store.wait_until_ready`` in a thread, so that a worker gets ready (and
+  logs that it is waiting for the database) without waiting for a first request.
 - ``ChangeFeed``: while at least one request waits for a change (a long-poll, an event
   stream), one poller per process reads the change log's newest entries (names and seqs, no
   values: an index range scan that finds nothing when nothing changed; on MySQL it first
-  numbers the entries committed since, see ``db.MySQLStore._sequence``) every
+  numbers the entries committed since: ``storage.mysql.numbering``) every
   ``WATCH_POLL_INTERVAL`` seconds and wakes the waiting requests whose names it saw. A waiting
   request costs a greenlet (or a thread) blocked on a Condition and no query at all; with
   nobody waiting, the poller stops.
-- ``start_sweeper``: one background loop per process, at a jittered interval, that removes
-  expired variables and changes out of retention in small batches. Every removal is
-  conditioned on what it saw, so any number of sweepers (workers, replicas) may run at once.
+- the sweeper: one background loop per process, at a jittered interval, that removes expired
+  variables and changes out of retention in small batches. Every removal is conditioned on
+  what it saw, so any number of sweepers (workers, replicas) may run at once.
 
 Threads here are greenlets under gunicorn's gevent worker (it patches ``threading``).
 """
@@ -22,8 +29,12 @@ import logging
 import random
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
+
+from flask import Flask, current_app
 
 import db
 
@@ -92,7 +103,7 @@ class ChangeFeed:
 
     def _poll(self) -> None:
         try:
-            start = self._store.last_seq()
+            start = self._store.numbered_last_seq()
         except db.StoreError as exc:
             log.warning("change feed cannot start: %s", exc)
             start = None
@@ -109,7 +120,7 @@ class ChangeFeed:
                     return
                 after = self._seen
             try:
-                changes = self._store.recent_changes(after, _POLL_BATCH)
+                changes = self._store.numbered_recent_changes(after, _POLL_BATCH)
                 self.polls += 1
             except db.StoreError as exc:
                 log.warning("change feed: %s", exc)
@@ -123,26 +134,82 @@ class ChangeFeed:
                 time.sleep(self.interval)
 
 
-def start_sweeper(store: db.Store, keep_versions: int, keep_days: float, interval: float) -> None:
-    """Sweep expired variables and old history in the background, forever (a daemon)."""
+@dataclass(frozen=True, slots=True)
+class _Background:
+    feed: ChangeFeed
+    stop: threading.Event
 
-    def run() -> None:
-        while True:
-            # Jitter: workers and replicas started together do not sweep in step.
-            time.sleep(interval * random.uniform(0.5, 1.5))  # noqa: S311 - not for security
-            if not store.ready:
-                continue
-            # Small batches (short transactions, never a long lock), but several of them when
-            # there is a backlog, so that pruning keeps up with a busy writer.
-            for _ in range(SWEEP_BATCHES_PER_PASS):
-                try:
-                    result = store.sweep(keep_versions, keep_days, SWEEP_BATCH)
-                except db.StoreError as exc:
-                    log.warning("sweep failed (retried next time): %s", exc)
-                    break
-                if result.expired or result.pruned:
-                    log.info("swept %d expired, %d old changes", result.expired, result.pruned)
-                if result.expired < SWEEP_BATCH and result.pruned < SWEEP_BATCH:
-                    break
 
-    threading.Thread(target=run, name="var_keeper-sweeper", daemon=True).start()
+_EXTENSION = "var_keeper.watch"
+# The stop event of every app whose work may still run, for stop_all (a test-suite builds many).
+_RUNNING: weakref.WeakSet[threading.Event] = weakref.WeakSet()
+
+
+def init_app(app: Flask) -> None:
+    """Give ``app`` its change feed, and start preparing the schema and sweeping."""
+    store = db.get_store(app)
+    stop = threading.Event()
+    _RUNNING.add(stop)
+    app.extensions[_EXTENSION] = _Background(
+        ChangeFeed(store, app.config["WATCH_POLL_INTERVAL"]), stop
+    )
+    _start("var_keeper-schema", store.wait_until_ready, stop)
+    sweep = (
+        app.config["HISTORY_KEEP_VERSIONS"],
+        app.config["HISTORY_KEEP_DAYS"],
+        app.config["SWEEP_INTERVAL"],
+    )
+    _start("var_keeper-sweeper", _sweep_until_stopped, store, *sweep, stop)
+    # Neither thread holds the app: one dropped without stop_background (a test's) stops them.
+    weakref.finalize(app, stop.set)
+
+
+def get_feed(app: Flask | None = None) -> ChangeFeed:
+    """The app's change feed (the current app's by default)."""
+    return _background(app).feed
+
+
+def stop_background(app: Flask | None = None) -> None:
+    """Stop the app's schema preparation and sweeper (a pass under way finishes first)."""
+    _background(app).stop.set()
+
+
+def stop_all() -> None:
+    """Stop the background work of every app built in this process."""
+    for stop in list(_RUNNING):
+        stop.set()
+
+
+def _background(app: Flask | None) -> _Background:
+    return (app or current_app).extensions[_EXTENSION]
+
+
+def _start(name: str, target: Callable[..., None], *args: object) -> None:
+    threading.Thread(target=target, args=args, name=name, daemon=True).start()
+
+
+def _sweep_until_stopped(
+    store: db.Store, keep_versions: int, keep_days: float, interval: float, stop: threading.Event
+) -> None:
+    """Sweep expired variables and old history now and then, until ``stop`` is set."""
+    # Jitter: workers and replicas started together do not sweep in step.
+    while not stop.wait(interval * random.uniform(0.5, 1.5)):  # noqa: S311 - not for security
+        if not store.ready:
+            continue
+        # Small batches (short transactions, never a long lock), but several of them when
+        # there is a backlog, so that pruning keeps up with a busy writer.
+        for _ in range(SWEEP_BATCHES_PER_PASS):
+            try:
+                result = store.sweep(keep_versions, keep_days, SWEEP_BATCH)
+            except db.StoreError as exc:
+                log.warning("sweep failed (retried next time): %s", exc)
+                break
+            except Exception:
+                # Not the database being away (say, its tables dropped under it): logged, and
+                # the sweeper lives on to try again.
+                log.exception("sweep failed unexpectedly (retried next time)")
+                break
+            if result.expired or result.pruned:
+                log.info("swept %d expired, %d old changes", result.expired, result.pruned)
+            if result.expired < SWEEP_BATCH and result.pruned < SWEEP_BATCH:
+                break

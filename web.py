@@ -7,19 +7,21 @@ to the version the user saw. When someone else got there first, the user sees bo
 (409) instead of having theirs silently overwritten or lost.
 
 Names travel in query strings and form fields, never in the path: a browser rewrites ``.`` and
-``..`` path segments, and a name such as ``a/../b`` must still reach its own page.
+``..`` path segments, and a name such as ``a/../b`` must still reach its own page. The rules
+for what a form may carry (strict decoding, names, sizes, versions) are the API's, from
+``inputs``; a broken rule is shown on a page instead of as the API's one-line error.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
-from urllib.parse import parse_qsl
 
 from flask import Blueprint, Response, current_app, g, redirect, render_template, request, url_for
-from werkzeug.datastructures import MultiDict
 
 import db
+import inputs
+from errors import ApiError
 
 bp = Blueprint("web", __name__)
 
@@ -34,6 +36,7 @@ MAX_PAGE_SIZE = 200
 PREVIEW_CHARS = 160
 PREVIEW_LINES = 3
 HISTORY_ROWS = 20  # the newest changes a variable's page shows
+BAD_FORM = "the form did not arrive as URL-encoded UTF-8; please try again"
 
 
 @bp.after_request
@@ -46,6 +49,11 @@ def page_headers(response: Response) -> Response:
 
 
 # --- Template helpers
+
+
+@bp.app_context_processor
+def limits() -> dict[str, Any]:
+    return {"max_name_chars": db.MAX_NAME_CHARS}
 
 
 @bp.app_template_filter("preview")
@@ -68,12 +76,6 @@ def isotime(moment: datetime) -> str:
 # --- Helpers
 
 
-def _store() -> db.Store:
-    store = db.get_store()
-    store.ensure_ready()
-    return store
-
-
 def _page(template: str, status: int = 200, /, **context: Any) -> tuple[str, int]:
     return render_template(template, **context), status
 
@@ -82,18 +84,14 @@ def _error(status: int, message: str) -> tuple[str, int]:
     return _page("error.html", status, status=status, message=message)
 
 
-def _form() -> MultiDict[str, str] | None:
-    """The urlencoded form, decoded strictly; None if it is another type or not valid UTF-8.
-
-    Werkzeug's parser would keep an undecodable escape as literal text and so store something
-    the user never typed.
-    """
-    if request.mimetype != "application/x-www-form-urlencoded":
+def _form() -> dict[str, str] | None:
+    """The urlencoded form, decoded as strictly as the API's forms (``inputs.form_fields``);
+    None if it is another type or malformed."""
+    if request.mimetype != inputs.FORM:
         return None
     try:
-        text = request.get_data(cache=False).decode("utf-8")
-        return MultiDict(parse_qsl(text, keep_blank_values=True, errors="strict"))
-    except UnicodeDecodeError:
+        return inputs.form_fields(request.get_data(cache=False))
+    except ApiError:
         return None
 
 
@@ -117,25 +115,11 @@ def _from_textarea(value: str, newline: str) -> str:
     return value.replace("\n", "\r\n") if newline == "crlf" else value
 
 
-def _write_problem(name: str, value: str) -> tuple[int, str] | None:
-    """The status and reason to refuse writing ``value`` to ``name``, or None."""
-    problem = db.name_problem(name)
-    if problem is not None:
-        return 400, problem
-    size = len(value.encode("utf-8"))
-    max_bytes = current_app.config["MAX_VALUE_BYTES"]
-    if size > max_bytes:
-        return 413, f"the value is {size} bytes; the limit is {max_bytes}"
-    return None
-
-
-def _form_version(raw: str) -> int | None:
-    """The version a form was loaded at; None (an empty field) means "create, only if absent"."""
-    if raw == "":
-        return None
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
-        raise ValueError(f"invalid version {raw!r}")
-    return int(raw)
+def _conditions(version: int | None) -> inputs.Conditions:
+    """Apply only to the version the page showed; None (nothing shown): only if still absent."""
+    if version is None:
+        return inputs.Conditions(if_absent=True)
+    return inputs.Conditions(if_version=version)
 
 
 # --- Pages
@@ -145,12 +129,12 @@ def _form_version(raw: str) -> int | None:
 def index() -> tuple[str, int]:
     prefix = request.args.get("prefix", "")
     after = request.args.get("after") or None
-    raw_limit = request.args.get("limit", str(PAGE_SIZE))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE_SIZE:
-        return _error(400, f"limit must be a whole number from 1 to {MAX_PAGE_SIZE}")
-    limit = int(raw_limit)
+    try:
+        limit = inputs.list_limit(PAGE_SIZE, MAX_PAGE_SIZE)
+    except ApiError as exc:
+        return _error(exc.status, exc.message)
     # One character more than a preview shows, so that the preview knows it was cut.
-    variables = _store().list(prefix, after, limit + 1, True, value_chars=PREVIEW_CHARS + 1)
+    variables = db.ready_store().list(prefix, after, limit + 1, True, value_chars=PREVIEW_CHARS + 1)
     next_url = None
     if len(variables) > limit:
         variables = variables[:limit]
@@ -175,21 +159,19 @@ def index() -> tuple[str, int]:
 @bp.get("/view")
 def view() -> tuple[str, int]:
     name = request.args.get("name", "")
-    store = _store()
+    store = db.ready_store()
     var = store.get(name)
-    history = store.history(name, None, HISTORY_ROWS, True) if name else []
+    history = store.numbered_history(name, None, HISTORY_ROWS, True) if name else []
     if var is None:
         return _page("missing.html", 404, name=name, history=history)
-    saved = request.args.get("saved", "")
-    return _page(
-        "view.html", var=var, history=history, saved=int(saved) if saved.isdigit() else None
-    )
+    saved = inputs.whole_number(request.args.get("saved", ""))
+    return _page("view.html", var=var, history=history, saved=saved)
 
 
 @bp.get("/edit")
 def edit() -> tuple[str, int]:
     name = request.args.get("name", "")
-    var = _store().get(name)
+    var = db.ready_store().get(name)
     if var is None:
         return _page("missing.html", 404, name=name)
     return _page(
@@ -206,34 +188,33 @@ def edit() -> tuple[str, int]:
 def save() -> Response | tuple[str, int]:
     form = _form()
     if form is None:
-        return _error(400, "the form did not arrive as URL-encoded UTF-8; please try again")
+        return _error(400, BAD_FORM)
     name = form.get("name", "")
     value = form.get("value")
     try:
-        version = _form_version(form.get("version", ""))
-    except ValueError:
+        version = inputs.form_version(form.get("version", ""))
+    except ApiError:
         version, value = None, None
     if value is None:
         return _error(400, "the form is missing its value or has an invalid version")
     value = _from_textarea(value, form.get("newline", "lf"))
-    refused = _write_problem(name, value)
-    if refused is not None:
-        status, problem = refused
+    try:
+        inputs.check_name(name)
+        inputs.check_value_size(value, current_app.config["MAX_VALUE_BYTES"])
+    except ApiError as refused:
         return _page(
             "edit.html",
-            status,
+            refused.status,
             name=name,
             value=value,
             version=version,
             line_ending=_line_ending(value),
-            problem=problem,
+            problem=refused.message,
         )
-    store = _store()
+    store = db.ready_store()
+    conditions = _conditions(version).as_kwargs()
     try:
-        if version is None:
-            result = store.put(name, value, if_absent=True, actor=g.get("actor"))
-        else:
-            result = store.put(name, value, if_version=version, actor=g.get("actor"))
+        result = store.put(name, value, actor=g.get("actor"), **conditions)
     except db.PreconditionFailed:
         return _page(
             "conflict.html",
@@ -251,9 +232,9 @@ def save() -> Response | tuple[str, int]:
 def delete() -> Response | tuple[str, int]:
     form = _form()
     if form is None:
-        return _error(400, "the form did not arrive as URL-encoded UTF-8; please try again")
+        return _error(400, BAD_FORM)
     name = form.get("name", "")
-    store = _store()
+    store = db.ready_store()
     if form.get("confirmed") != "yes":
         # Without JavaScript there was no confirm(): ask here, about the value as it is now.
         var = store.get(name)
@@ -261,8 +242,8 @@ def delete() -> Response | tuple[str, int]:
             return _page("missing.html", 404, name=name)
         return _page("delete.html", var=var)
     try:
-        version = _form_version(form.get("version", ""))
-    except ValueError:
+        version = inputs.form_version(form.get("version", ""))
+    except ApiError:
         version = None
     if version is None:
         return _error(400, "the form is missing the version to delete")
@@ -282,22 +263,22 @@ def restore() -> Response | tuple[str, int]:
     the page showed (or still absent, for a deleted one)."""
     form = _form()
     if form is None:
-        return _error(400, "the form did not arrive as URL-encoded UTF-8; please try again")
+        return _error(400, BAD_FORM)
     name = form.get("name", "")
     try:
-        wanted = _form_version(form.get("restore", ""))
-        version = _form_version(form.get("version", ""))
-    except ValueError:
+        wanted = inputs.form_version(form.get("restore", ""))
+        version = inputs.form_version(form.get("version", ""))
+    except ApiError:
         return _error(400, "the form has an invalid version")
-    store = _store()
-    change = store.change(name, wanted) if wanted is not None else None
-    if change is None or change.value is None:
-        return _error(404, f"version {wanted} of {name!r} is not in the retained history")
+    store = db.ready_store()
+    not_retained = f"version {wanted} of {name!r} is not in the retained history"
+    if wanted is None:
+        return _error(404, not_retained)
+    conditions = _conditions(version).as_kwargs()
     try:
-        if version is None:
-            result = store.put(name, change.value, if_absent=True, actor=g.get("actor"))
-        else:
-            result = store.put(name, change.value, if_version=version, actor=g.get("actor"))
+        result = store.restore(name, wanted, actor=g.get("actor"), **conditions)
+    except db.VersionNotFound:
+        return _error(404, not_retained)
     except db.PreconditionFailed:
         return _error(
             409, f"{name!r} changed since the page was loaded: nothing restored, look again"

@@ -34,6 +34,7 @@ import db
 from app import create_app
 from bench.load import HttpJob, Result, wrk
 from bench.services import ROOT, Gunicorn, MariaDB
+from storage.mysql import MySQLStore
 
 CLUSTER_SH = ROOT.parent / "shared" / "galera" / "cluster.sh"
 NODES = ("127.0.0.1:3311", "127.0.0.1:3312", "127.0.0.1:3313")
@@ -69,8 +70,8 @@ def node_connection(node: str, sync_wait: int | None = None) -> Any:
 
 def prepare(database_url: str) -> None:
     """A fresh schema with ROWS variables k0000001..., through the store itself."""
-    store = create_app({"DATABASE_URL": database_url}).extensions["var_keeper.store"]
-    assert isinstance(store, db.MySQLStore)
+    store = db.get_store(create_app({"DATABASE_URL": database_url}))
+    assert isinstance(store, MySQLStore)
     store.ensure_ready()
     store.import_batch([(f"k{n:07d}", "hello world") for n in range(1, ROWS + 1)])
     store.put("hot", "hello")

@@ -101,10 +101,11 @@ def create_schema(app_dir: Path, server_url: str, schema: str) -> None:
     """The app's own schema code creates the database and table, exactly as in production."""
     sys.path.insert(0, str(app_dir))
     try:
+        import db
         from app import create_app
 
         app = create_app({"DATABASE_URL": f"{server_url}/{schema}"})
-        store = app.extensions["var_keeper.store"]
+        store = db.get_store(app)
         store.ensure_ready()
         store.close()
     finally:
