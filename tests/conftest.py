@@ -1,10 +1,19 @@
-"""Fixtures shared by the whole suite (Flask tutorial style: ``app``, ``client``, ``runner``).
+"""Fixtures and hooks shared by the whole suite (Flask tutorial style: ``app``, ``client``,
+``runner``); the helpers they use (servers, ports, databases) live in tests/servers.py.
 
 Every HTTP behaviour runs once per store: the ``store_url`` fixture is parametrised over SQLite
-and MySQL. MySQL comes from ``TEST_DATABASE_URL`` (a server URL such as
-``mysql://root@127.0.0.1:3306``; the suite creates its own uniquely named databases and drops
-them) or, when that is unset and Docker answers, from testcontainers (``mysql:8.4``). With
-``CI=true`` and neither, the MySQL half fails instead of being skipped.
+and MySQL. The session's MySQL server (``mysql_server``) is, in this order:
+
+1. ``TEST_DATABASE_URL`` when set: a server URL such as ``mysql://root@127.0.0.1:3306``; the
+   suite creates its own uniquely named databases and drops them;
+2. a ``mysql:8.4`` container from testcontainers, when a Docker engine answers;
+3. otherwise one private ``mariadbd`` for the whole session (Debian's mariadb-server package):
+   a temporary datadir, a spare port on 127.0.0.1, killed and deleted when the session ends.
+   No configuration is needed: a fresh clone runs the MySQL half with ``make test``.
+
+Only when none of these exists is the MySQL half skipped, and the end of the run then says so
+in a warning block (``pytest_terminal_summary``) with the number of tests it cost. With
+``CI=true`` it fails instead.
 """
 
 from __future__ import annotations
@@ -12,84 +21,73 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-import mysql.connector
 import pytest
-import requests
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 
 from app import create_app
-
-ROOT = Path(__file__).resolve().parent.parent
-
+from tests.servers import (
+    SESSION_SERVER_OPTIONS,
+    Gunicorn,
+    PrivateMariaDB,
+    docker_engine_error,
+    docker_mysql,
+    empty_var_tables,
+    mariadb_binaries,
+    scratch_database,
+)
 
 # --- MySQL server ---------------------------------------------------------------------------
 
-
-def _docker_mysql() -> Iterator[str]:
-    from testcontainers.mysql import MySqlContainer
-
-    with MySqlContainer("mysql:8.4", username="root", password="test") as container:
-        host = container.get_container_host_ip()
-        port = container.get_exposed_port(3306)
-        yield f"mysql://root:test@{host}:{port}"
+# In the reason of every test skipped for want of a MySQL server; the summary counts them.
+NO_MYSQL_SERVER = "no MySQL/MariaDB server to test against"
+# For the end of the run: where the session's server came from, or why there was none.
+MYSQL_SOURCE: list[str] = []
+NO_DOCKER: list[str] = []
 
 
 @pytest.fixture(scope="session")
 def mysql_server() -> Iterator[str]:
-    """A MySQL/MariaDB server URL without a database name."""
+    """A MySQL/MariaDB server URL without a database name (see the module docstring)."""
     url = os.environ.get("TEST_DATABASE_URL")
     if url:
         parts = urlsplit(url)
         yield urlunsplit((parts.scheme, parts.netloc, "", "", ""))
         return
-    try:
-        import docker
-
-        docker.from_env().ping()
-    except Exception as exc:  # noqa: BLE001 - any failure means "no usable Docker here"
-        message = f"no TEST_DATABASE_URL and no Docker engine for testcontainers ({exc})"
+    docker_error = docker_engine_error()
+    if docker_error is None:
+        with docker_mysql() as url:
+            MYSQL_SOURCE.append("a mysql:8.4 container (testcontainers)")
+            yield url
+        return
+    if mariadb_binaries() is None:
+        message = (
+            f"{NO_MYSQL_SERVER}: TEST_DATABASE_URL is unset, no Docker engine answers "
+            "and mariadbd is not installed"
+        )
         if os.environ.get("CI") == "true":
-            pytest.fail(f"MySQL tests cannot run in CI: {message}")
-        pytest.skip(message)
-    yield from _docker_mysql()
-
-
-def server_connection(server_url: str, **kwargs: object) -> mysql.connector.MySQLConnection:
-    parts = urlsplit(server_url)
-    return mysql.connector.connect(
-        host=parts.hostname,
-        port=parts.port or 3306,
-        user=parts.username or "root",
-        password=parts.password or "",
-        autocommit=True,
-        **kwargs,
-    )
-
-
-@contextmanager
-def scratch_database(server_url: str) -> Iterator[str]:
-    """A new uniquely named database on ``server_url``, dropped afterwards; yields its URL."""
-    name = f"vk_test_{uuid.uuid4().hex[:12]}"
+            pytest.fail(f"MySQL tests cannot run in CI: {message} (Docker: {docker_error})")
+        NO_DOCKER[:] = [docker_error]
+        pytest.skip(f"{message} (see the warning at the end)")
+    base = Path(tempfile.mkdtemp(prefix="vk-mariadb-session-"))
+    server = PrivateMariaDB(base, SESSION_SERVER_OPTIONS)
     try:
-        yield f"{server_url}/{name}"
+        began = time.monotonic()
+        server.start()
+        MYSQL_SOURCE.append(
+            f"a private mariadbd on 127.0.0.1:{server.port}, "
+            f"started in {time.monotonic() - began:.1f}s"
+        )
+        yield server.url
     finally:
-        conn = server_connection(server_url)
-        try:
-            conn.cursor().execute(f"DROP DATABASE IF EXISTS `{name}`")
-        finally:
-            conn.close()
+        server.kill()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -97,6 +95,39 @@ def mysql_database(mysql_server: str) -> Iterator[str]:
     """One database for the session's MySQL-backed app tests, emptied before each test."""
     with scratch_database(mysql_server) as url:
         yield url
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> Generator[None]:
+    """Say where the MySQL tests ran; say loudly when they did not run at all. Wraps pytest's
+    own summary, so this comes last, after the list of skips, just above the final counts."""
+    result = yield
+    mysql_summary(terminalreporter)
+    return result
+
+
+def mysql_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for source in MYSQL_SOURCE:
+        terminalreporter.write_line(f"MySQL tests ran against {source}.")
+    skipped = [
+        report
+        for report in terminalreporter.stats.get("skipped", [])
+        if NO_MYSQL_SERVER in str(getattr(report, "longrepr", ""))
+    ]
+    if not skipped:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("WARNING: THE MYSQL TESTS DID NOT RUN", sep="!", red=True, bold=True)
+    write(f"{len(skipped)} tests were SKIPPED because there is no MySQL/MariaDB server:", red=True)
+    write("TEST_DATABASE_URL is unset, no Docker engine answers, and mariadbd is not installed.")
+    for error in NO_DOCKER:
+        write(f"(Docker: {error})")
+    write("Only the SQLite half of the suite was checked. To run everything, either")
+    write("  - install MariaDB's server (the suite starts a private one by itself):")
+    write("      sudo apt-get install mariadb-server   (or: make system-deps)")
+    write("  - or point the suite at a server it may create and drop databases on:")
+    write("      TEST_DATABASE_URL=mysql://root@127.0.0.1:3306 make test")
+    terminalreporter.write_sep("!", red=True, bold=True)
 
 
 # --- The app --------------------------------------------------------------------------------
@@ -107,32 +138,21 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'vars.db'}"
     url = request.getfixturevalue("mysql_database")
-    _empty_mysql_table(url)
+    empty_var_tables(url)
     return url
-
-
-def _empty_mysql_table(url: str) -> None:
-    server, _, database = url.rpartition("/")
-    conn = server_connection(server)
-    try:
-        cur = conn.cursor()
-        cur.execute(
-            "SELECT TABLE_NAME FROM information_schema.TABLES "
-            "WHERE TABLE_SCHEMA = %s AND TABLE_NAME IN ('vars', 'var_changes')",
-            (database,),
-        )
-        # The change log too: versions continue from a name's history.
-        for (table,) in cur.fetchall():
-            cur.execute(f"DELETE FROM `{database}`.`{table}`")
-    finally:
-        conn.close()
 
 
 @pytest.fixture
 def app(store_url: str) -> Iterator[Flask]:
+    import db
+    import watch
+
+    # Apps that earlier tests built (and dropped) must not sweep this test's database.
+    watch.stop_all()
     app = create_app({"TESTING": True, "DATABASE_URL": store_url})
     yield app
-    app.extensions["var_keeper.store"].close()
+    watch.stop_background(app)
+    db.get_store(app).close()
 
 
 @pytest.fixture
@@ -146,75 +166,6 @@ def runner(app: Flask) -> FlaskCliRunner:
 
 
 # --- Real processes -------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_http(url: str, timeout: float = 20.0, ok: Callable[[int], bool] = bool) -> int:
-    """Poll ``url`` until it answers with a status that ``ok`` accepts; return the status."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            status = requests.get(url, timeout=2).status_code
-            if ok(status):
-                return status
-            last = status
-        except requests.RequestException as exc:
-            last = exc
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} did not answer as expected within {timeout}s (last: {last})")
-
-
-class Gunicorn:
-    """A real ``gunicorn app:app`` with the shipped gunicorn.conf.py, on 127.0.0.1."""
-
-    def __init__(self, env: dict[str, str], log_path: Path, workers: int = 2, threads: int = 4):
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "HOST": "127.0.0.1",
-            "PORT": str(self.port),
-            "WEB_CONCURRENCY": str(workers),
-            "GUNICORN_THREADS": str(threads),
-            **env,
-        }
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, wait_ready: bool = True) -> Gunicorn:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_for_http(self.base + "/healthz")
-        if wait_ready:
-            wait_for_http(self.base + "/readyz", ok=lambda s: s == 200)
-        return self
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        self.proc.terminate()
-        try:
-            return self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def url(self, path: str) -> str:
-        return self.base + path
 
 
 @pytest.fixture
@@ -232,83 +183,6 @@ def gunicorn(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
     for server in started:
         if server.proc and server.proc.poll() is None:
             server.stop()
-
-
-class PrivateMariaDB:
-    """A MariaDB server of our own on a spare port with a temporary datadir, stopped by PID."""
-
-    def __init__(self, base: Path):
-        self.base = base
-        self.datadir = base / "data"
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = f"mysql://root@127.0.0.1:{self.port}"
-
-    def install(self) -> None:
-        mariadbd = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
-        install_db = shutil.which("mariadb-install-db") or "/usr/bin/mariadb-install-db"
-        if not Path(mariadbd).exists() or not Path(install_db).exists():
-            pytest.fail("needs mariadbd and mariadb-install-db (apt-get install mariadb-server)")
-        done = subprocess.run(
-            [
-                install_db,
-                "--no-defaults",
-                f"--datadir={self.datadir}",
-                "--auth-root-authentication-method=normal",
-                "--skip-test-db",
-                "--user=root",
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(
-                f"mariadb-install-db failed: {done.stdout[-1000:]}{done.stderr[-1000:]}"
-            )
-
-    def start(self) -> PrivateMariaDB:
-        if not self.datadir.exists():
-            self.install()
-        log = (self.base / "mariadbd.log").open("ab")
-        self.proc = subprocess.Popen(
-            [
-                shutil.which("mariadbd") or "/usr/sbin/mariadbd",
-                "--no-defaults",
-                f"--datadir={self.datadir}",
-                f"--port={self.port}",
-                "--bind-address=127.0.0.1",
-                f"--socket={self.base / 'mysqld.sock'}",
-                f"--pid-file={self.base / 'mysqld.pid'}",
-                "--user=root",
-                "--innodb-buffer-pool-size=32M",
-                "--innodb-log-file-size=16M",
-                "--skip-name-resolve",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                server_connection(self.url, connection_timeout=1).close()
-                return self
-            except mysql.connector.Error:
-                if self.proc.poll() is not None:
-                    raise RuntimeError((self.base / "mariadbd.log").read_text()[-2000:]) from None
-                time.sleep(0.2)
-        raise TimeoutError("private MariaDB did not start in 30s")
-
-    def kill(self) -> None:
-        """SIGKILL, like a crash."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=60)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from app import create_app
-from tests.conftest import ROOT, scratch_database
+from tests.servers import ROOT, scratch_database
 
 
 def flask_cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:

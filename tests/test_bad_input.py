@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from tests.conftest import Gunicorn
+from tests.servers import Gunicorn
 
 pytestmark = pytest.mark.slow
 

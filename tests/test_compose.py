@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import ROOT, PrivateMariaDB, server_connection
+from tests.servers import ROOT, PrivateMariaDB, server_connection
 
 
 @pytest.fixture(scope="module")

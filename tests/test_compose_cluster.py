@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 import db
-from tests.conftest import ROOT
+from tests.servers import ROOT
 
 GALERA = ("galera1", "galera2", "galera3")
 

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import requests
 
-from tests.conftest import ROOT, free_port, scratch_database, server_connection
+from tests.servers import ROOT, free_port, scratch_database, server_connection
 
 ENGINE_SCRIPTS = ROOT.parent / "shared" / "container-engine"
 IMAGE = "var_keeper:test"

@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 
 import db
-from tests.conftest import scratch_database, server_connection
+from storage.mysql import MySQLStore, numbering
+from storage.mysql.store import RECENT_CHANGES
+from tests.servers import scratch_database, server_connection
 
 
-def mysql_store(url: str, pool_size: int = 4) -> db.MySQLStore:
+def mysql_store(url: str, pool_size: int = 4) -> MySQLStore:
     store = db.open_store(
         {
             "DATABASE_URL": url,
@@ -22,7 +24,7 @@ def mysql_store(url: str, pool_size: int = 4) -> db.MySQLStore:
             "DATABASE_POOL_SIZE": pool_size,
         }
     )
-    assert isinstance(store, db.MySQLStore)
+    assert isinstance(store, MySQLStore)
     return store
 
 
@@ -86,13 +88,13 @@ def store(mysql_server: str):
         store.close()
 
 
-def test_a_missing_database_is_created(store: db.MySQLStore):
+def test_a_missing_database_is_created(store: MySQLStore):
     store.put("a", "1")
     assert store.get("a").value == "1"
 
 
-def test_the_session_is_strict_utf8mb4_and_utc(store: db.MySQLStore):
-    [(mode, charset, collation, zone)] = store._query(
+def test_the_session_is_strict_utf8mb4_and_utc(store: MySQLStore):
+    [(mode, charset, collation, zone)] = store.connections.query(
         "SELECT @@SESSION.sql_mode, @@character_set_connection, @@collation_connection, "
         "@@SESSION.time_zone"
     )
@@ -100,12 +102,12 @@ def test_the_session_is_strict_utf8mb4_and_utc(store: db.MySQLStore):
     assert (charset, collation, zone) == ("utf8mb4", "utf8mb4_unicode_ci", "+00:00")
 
 
-def test_concurrent_borrowers_never_share_a_connection(store: db.MySQLStore):
+def test_concurrent_borrowers_never_share_a_connection(store: MySQLStore):
     ids: list[int] = []
     barrier = threading.Barrier(4)
 
     def borrow() -> None:
-        with store._cursor() as cur:
+        with store.connections.cursor() as cur:
             cur.execute("SELECT CONNECTION_ID()")
             ids.append(cur.fetchall()[0][0])
             barrier.wait(timeout=10)  # all four hold their connection at the same time
@@ -126,7 +128,7 @@ def test_an_exhausted_pool_makes_callers_wait_then_answers_unavailable(mysql_ser
         released = threading.Event()
 
         def hold() -> None:
-            with store._cursor():
+            with store.connections.cursor():
                 released.wait(timeout=10)
 
         holder = threading.Thread(target=hold)
@@ -143,34 +145,34 @@ def test_an_exhausted_pool_makes_callers_wait_then_answers_unavailable(mysql_ser
 
 
 def test_a_connection_is_reused_and_no_transaction_leaks_to_the_next_borrower(
-    store: db.MySQLStore,
+    store: MySQLStore,
 ):
-    with store._cursor() as cur:
+    with store.connections.cursor() as cur:
         cur.execute("SELECT CONNECTION_ID(), @@autocommit")
         [(first, autocommit)] = cur.fetchall()
-    [(second, still_autocommit)] = store._query("SELECT CONNECTION_ID(), @@autocommit")
+    [(second, still_autocommit)] = store.connections.query("SELECT CONNECTION_ID(), @@autocommit")
     assert (first, autocommit) == (second, 1)
     assert still_autocommit == 1
 
 
 def test_a_connection_killed_by_the_server_is_replaced_on_the_next_call(
-    store: db.MySQLStore, mysql_server: str
+    store: MySQLStore, mysql_server: str
 ):
     store.put("k", "before")
-    [(victim,)] = store._query("SELECT CONNECTION_ID()")
+    [(victim,)] = store.connections.query("SELECT CONNECTION_ID()")
     admin = server_connection(mysql_server)
     admin.cursor().execute(f"KILL {int(victim)}")
     admin.close()
     # A write is never retried blindly, so the dead idle connection must be noticed before it.
     assert store.put("k", "after").version == 2
     assert store.get("k").value == "after"
-    [(replacement,)] = store._query("SELECT CONNECTION_ID()")
+    [(replacement,)] = store.connections.query("SELECT CONNECTION_ID()")
     assert replacement != victim
 
 
-def test_a_killed_connection_is_replaced_for_a_read_too(store: db.MySQLStore, mysql_server: str):
+def test_a_killed_connection_is_replaced_for_a_read_too(store: MySQLStore, mysql_server: str):
     store.put("k", "v")
-    [(victim,)] = store._query("SELECT CONNECTION_ID()")
+    [(victim,)] = store.connections.query("SELECT CONNECTION_ID()")
     admin = server_connection(mysql_server)
     admin.cursor().execute(f"KILL {int(victim)}")
     admin.close()
@@ -184,15 +186,15 @@ def test_an_unreachable_server_is_store_unavailable_not_a_crash():
     assert not store.ready
 
 
-def test_the_version_comes_back_from_the_write_itself(store: db.MySQLStore):
+def test_the_version_comes_back_from_the_write_itself(store: MySQLStore):
     assert store.put("v", "1") == db.WriteResult(1, created=True)
     assert store.put("v", "2") == db.WriteResult(2, created=False)
     assert store.put("v", "3", if_version=2) == db.WriteResult(3, created=False)
     assert store.get("v").version == 3
 
 
-def test_names_are_bytes_in_mysql_so_no_collation_merges_them(store: db.MySQLStore):
-    [(data_type,)] = store._query(
+def test_names_are_bytes_in_mysql_so_no_collation_merges_them(store: MySQLStore):
+    [(data_type,)] = store.connections.query(
         "SELECT DATA_TYPE FROM information_schema.COLUMNS "
         "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'vars' AND COLUMN_NAME = 'name'"
     )
@@ -202,18 +204,18 @@ def test_names_are_bytes_in_mysql_so_no_collation_merges_them(store: db.MySQLSto
 # --- Numbering the change log (MySQL: seqs are given after the commit) ------------------------
 
 
-def all_changes(store: db.MySQLStore) -> list[tuple[int | None, str, int]]:
-    rows = store._query("SELECT seq, name, version FROM var_changes ORDER BY id")
+def all_changes(store: MySQLStore) -> list[tuple[int | None, str, int]]:
+    rows = store.connections.query("SELECT seq, name, version FROM var_changes ORDER BY id")
     return [(seq, bytes(name).decode(), int(version)) for seq, name, version in rows]
 
 
-def test_a_write_leaves_its_change_unnumbered_until_somebody_reads_seqs(store: db.MySQLStore):
-    before = store.last_seq()
+def test_a_write_leaves_its_change_unnumbered_until_somebody_reads_seqs(store: MySQLStore):
+    before = store.numbered_last_seq()
     store.put("a", "1")
     store.delete("a")
     assert [seq for seq, _, _ in all_changes(store)] == [None, None]
 
-    assert store.last_seq() == before + 2
+    assert store.numbered_last_seq() == before + 2
     assert all_changes(store) == [(before + 1, "a", 1), (before + 2, "a", 2)]
 
 
@@ -225,7 +227,7 @@ def test_concurrent_writers_and_numberers_give_dense_seqs_in_version_order(
     log: every change gets exactly one seq, the seqs run 1..N without a hole, each name's in
     version order, and the reader, which only ever asks for seqs above the last it saw, sees
     every change once, in order."""
-    monkeypatch.setattr(db, "_SEQUENCE_BATCH", 7)
+    monkeypatch.setattr(numbering, "SEQUENCE_BATCH", 7)
     with scratch_database(mysql_server) as url:
         stores = [mysql_store(url, pool_size=8) for _ in range(3)]
         for s in stores:
@@ -248,15 +250,15 @@ def test_concurrent_writers_and_numberers_give_dense_seqs_in_version_order(
                 stores[k % 3].put(f"n{i % 4}", f"{k} {i}")  # contended names
                 stores[k % 3].put(f"own/{k}/{i}", "x")
 
-        def number(s: db.MySQLStore) -> None:
+        def number(s: MySQLStore) -> None:
             while writing.is_set():
-                s.last_seq()
+                s.numbered_last_seq()
 
         def follow() -> None:
             after = 0
             while True:
                 last_round = not following.is_set()
-                for change in stores[0].recent_changes(after, 50):
+                for change in stores[0].numbered_recent_changes(after, 50):
                     seen.append(change.seq)
                     after = change.seq
                 if last_round:
@@ -277,7 +279,7 @@ def test_concurrent_writers_and_numberers_give_dense_seqs_in_version_order(
         for _ in range(100):  # what the rounds left (one that found the counter busy left)
             if all(seq is not None for seq, _, _ in all_changes(stores[0])):
                 break
-            stores[0]._sequence()
+            numbering.number(stores[0].connections)
         following.clear()
         follower.join()
 
@@ -295,7 +297,7 @@ def test_concurrent_writers_and_numberers_give_dense_seqs_in_version_order(
 
 
 def test_numbering_keeps_a_names_versions_in_order_whatever_the_ids(
-    store: db.MySQLStore, monkeypatch: pytest.MonkeyPatch
+    store: MySQLStore, monkeypatch: pytest.MonkeyPatch
 ):
     """On Galera each node draws ids from its own range, so a later version of a name can
     have a lower id; and a batch can end between two versions of a name. Neither may put a
@@ -307,11 +309,13 @@ def test_numbering_keeps_a_names_versions_in_order_whatever_the_ids(
     rows = [(10, b"a", 2), (11, b"b", 1), (12, b"a", 1), (13, b"b", 3), (14, b"c", 1)]
     rows += [(15, b"a", 3), (16, b"b", 2)]
     for row in rows:
-        store._execute(insert, row)
-    monkeypatch.setattr(db, "_SEQUENCE_BATCH", 4)  # ids 10-13, then b 2 (id 16) joins them
-    start = int(store._query("SELECT n FROM var_seq")[0][0])
+        store.connections.execute(insert, row)
+    monkeypatch.setattr(numbering, "SEQUENCE_BATCH", 4)  # ids 10-13, then b 2 (id 16) joins them
+    start = int(store.connections.query("SELECT n FROM var_seq")[0][0])
 
-    store._sequence()  # as the poller and the sweeper do: batches while they are full
+    numbering.number(
+        store.connections
+    )  # as the poller and the sweeper do: batches while they are full
 
     numbered = sorted((seq, name, version) for seq, name, version in all_changes(store))
     assert [(name, version) for _, name, version in numbered] == [
@@ -326,28 +330,28 @@ def test_numbering_keeps_a_names_versions_in_order_whatever_the_ids(
     assert [seq for seq, _, _ in numbered] == list(range(start + 1, start + 8))
 
 
-def test_history_reads_number_their_entries(store: db.MySQLStore):
+def test_history_reads_number_their_entries(store: MySQLStore):
     store.put("a", "1")
     store.put("a", "2")
-    assert all(c.seq is not None for c in store.history("a", None, 10, with_values=False))
+    assert all(c.seq is not None for c in store.numbered_history("a", None, 10, with_values=False))
     store.put("a", "3")
-    assert store.change("a", 3).seq is not None
+    assert store.numbered_change("a", 3).seq is not None
 
 
-def test_retention_never_prunes_an_entry_before_it_is_numbered(store: db.MySQLStore):
+def test_retention_never_prunes_an_entry_before_it_is_numbered(store: MySQLStore):
     """Pruning walks the log in seq order: an unnumbered entry is out of its reach until it
     has a seq, so a watcher cannot miss a change that retention removed unseen."""
     for n in range(5):
         store.put("a", str(n))
-    assert store._prune(keep_versions=2, keep_days=30, batch=100) == 0
+    assert store.prune(keep_versions=2, keep_days=30, batch=100) == 0
     store.sweep(keep_versions=2, keep_days=30, batch=100)
     assert [version for _, _, version in all_changes(store)] == [4, 5]
 
 
-def test_a_change_log_numbered_inside_the_writes_upgrades_in_place(store: db.MySQLStore):
+def test_a_change_log_numbered_inside_the_writes_upgrades_in_place(store: MySQLStore):
     """The schema before this one: seq the primary key, given by each write. Entries keep
     their seqs; new ones follow them."""
-    with store._cursor() as cur:
+    with store.connections.cursor() as cur:
         cur.execute("DROP TABLE var_changes")
         cur.execute(
             "CREATE TABLE var_changes (seq BIGINT UNSIGNED NOT NULL, "
@@ -361,49 +365,48 @@ def test_a_change_log_numbered_inside_the_writes_upgrades_in_place(store: db.MyS
             "(9, 'a', 2, 'set', 'y', UTC_TIMESTAMP(6), NULL)"
         )
         cur.execute("UPDATE var_seq SET n = 9")
+        cur.execute("UPDATE var_schema SET version = 3")  # the release before step 4
         cur.execute("DELETE FROM vars")
         cur.execute("INSERT INTO vars (name, value, version) VALUES ('a', 'y', 2)")
     store.close()
-    store._ready = False
 
-    assert store._init_schema() == "migrated"
+    assert store.prepare_schema() == "migrated"
     store.put("a", "z")
 
-    assert store.last_seq() == 10
+    assert store.numbered_last_seq() == 10
     assert all_changes(store) == [(7, "a", 1), (9, "a", 2), (10, "a", 3)]
-    assert store.change("a", 1).value == "x"
+    assert store.numbered_change("a", 1).value == "x"
     store.close()
-    store._ready = False
-    assert store._init_schema() == "up to date"
+    assert store.prepare_schema() == "up to date"
 
 
-def test_the_sweeper_numbers_the_log_with_nobody_watching(store: db.MySQLStore):
+def test_the_sweeper_numbers_the_log_with_nobody_watching(store: MySQLStore):
     store.put("a", "1")
     store.sweep(keep_versions=100, keep_days=30, batch=100)
     assert [seq is not None for seq, _, _ in all_changes(store)] == [True]
 
 
-def test_an_idle_poll_of_the_change_log_is_one_index_range_scan(store: db.MySQLStore):
+def test_an_idle_poll_of_the_change_log_is_one_index_range_scan(store: MySQLStore):
     """The poller's one statement finds both new changes and entries still to number by a
     range scan of the seq index, whatever the size of the log."""
     for start in range(1, 20001, 1000):
-        store._execute(
+        store.connections.execute(
             "INSERT INTO var_changes (seq, name, version, op, changed_at) VALUES "
             + ", ".join(["(%s, %s, 1, 'set', UTC_TIMESTAMP(6))"] * 1000),
             [p for n in range(start, start + 1000) for p in (n, f"k{n}".encode())],
         )
-    store._execute("UPDATE var_seq SET n = 20000")
+    store.connections.execute("UPDATE var_seq SET n = 20000")
     store.put("new", "1")  # not numbered yet
-    store._query("ANALYZE TABLE var_changes")
+    store.connections.query("ANALYZE TABLE var_changes")
 
-    with store._cursor() as cur:
-        cur.execute("EXPLAIN " + db._MYSQL_RECENT_CHANGES, (19990, 1000))
+    with store.connections.cursor() as cur:
+        cur.execute("EXPLAIN " + RECENT_CHANGES, (19990, 1000))
         plan = [dict(zip(cur.column_names, row, strict=True)) for row in cur.fetchall()]
 
     [step] = plan
     assert (step["table"], step["type"], step["key"]) == ("var_changes", "range", "seq")
     assert int(step["rows"]) < 100
     assert "filesort" not in str(step["Extra"])
-    changes = store.recent_changes(19990, 1000)
+    changes = store.numbered_recent_changes(19990, 1000)
     assert [c.seq for c in changes] == list(range(19991, 20002))
     assert changes[-1].name == "new"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from docker.utils.build import exclude_paths
 
-from tests.conftest import ROOT
+from tests.servers import ROOT
 
 RUNTIME_FILES = ["app.py", "db.py", "web.py", "gunicorn.conf.py", "openapi.json", "requirement.txt"]
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import Gunicorn, PrivateMariaDB, scratch_database, server_connection
+from tests.servers import Gunicorn, PrivateMariaDB, scratch_database, server_connection
 
 pytestmark = pytest.mark.slow
 

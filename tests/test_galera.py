@@ -30,7 +30,8 @@ import requests
 
 import db
 from app import create_app
-from tests.conftest import ROOT, Gunicorn, free_port, scratch_database, server_connection
+from storage.mysql import MySQLStore
+from tests.servers import ROOT, Gunicorn, free_port, scratch_database, server_connection
 
 pytestmark = pytest.mark.slow
 
@@ -94,10 +95,10 @@ def database(galera: None) -> Iterator[str]:
         yield url.rpartition("/")[2]
 
 
-def open_mysql_store(url: str) -> db.MySQLStore:
+def open_mysql_store(url: str) -> MySQLStore:
     app = create_app({"TESTING": True, "DATABASE_URL": url, "DATABASE_CONNECT_TIMEOUT": 2})
-    store = app.extensions["var_keeper.store"]
-    assert isinstance(store, db.MySQLStore)
+    store = db.get_store(app)
+    assert isinstance(store, MySQLStore)
     return store
 
 

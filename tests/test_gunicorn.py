@@ -16,7 +16,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from tests.conftest import ROOT, free_port, scratch_database, server_connection, wait_for_http
+from tests.servers import ROOT, free_port, scratch_database, server_connection, wait_for_http
 
 pytestmark = pytest.mark.slow
 

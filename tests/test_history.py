@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 
 import db
 from app import create_app
-from tests.conftest import scratch_database, server_connection
+from tests.servers import scratch_database, server_connection
 
 JSON = {"Accept": "application/json"}
 
@@ -25,7 +25,7 @@ def history(client: FlaskClient, name: str, query: str = "") -> list[dict]:
 
 
 def store_of(app: Flask) -> db.Store:
-    store: db.Store = app.extensions["var_keeper.store"]
+    store = db.get_store(app)
     store.ensure_ready()
     return store
 
@@ -148,7 +148,7 @@ def test_history_names_the_token_not_the_token_itself(store_url: str):
     changes = client.get("/var/a?history", headers=auth).get_json()["changes"]
     assert {c["actor"] for c in changes} == {hashlib.sha256(b"s3cret").hexdigest()[:8]}
     assert "s3cret" not in str(changes)
-    app.extensions["var_keeper.store"].close()
+    db.get_store(app).close()
 
 
 def test_history_is_complete_and_ordered_under_concurrent_writers(app, client):
@@ -166,13 +166,13 @@ def test_history_is_complete_and_ordered_under_concurrent_writers(app, client):
     for thread in threads:
         thread.join()
 
-    shared = store.history("shared", None, 1000, True)
+    shared = store.numbered_history("shared", None, 1000, True)
     assert [c.version for c in shared] == list(range(writers * writes_each, 0, -1))
     assert sorted(c.value for c in shared) == sorted(
         f"{n}-{i}" for n in range(writers) for i in range(writes_each)
     )
     # The log as a whole: dense seqs, and each name's versions in seq order.
-    log = store.changes_since(0, store.last_seq(), "", 10_000)
+    log = store.changes_since(0, store.numbered_last_seq(), "", 10_000)
     seqs = [c.seq for c in log]
     assert seqs == list(range(seqs[0], seqs[0] + 2 * writers * writes_each))
     for name in {c.name for c in log}:
@@ -186,8 +186,8 @@ def test_retention_keeps_the_last_n_versions(app):
         store.put("a", str(n))
     store.put("b", "only one")
     store.sweep(keep_versions=5, keep_days=30, batch=100)
-    assert [c.version for c in store.history("a", None, 100, False)] == [12, 11, 10, 9, 8]
-    assert [c.version for c in store.history("b", None, 100, False)] == [1]
+    assert [c.version for c in store.numbered_history("a", None, 100, False)] == [12, 11, 10, 9, 8]
+    assert [c.version for c in store.numbered_history("b", None, 100, False)] == [1]
 
 
 def test_retention_drops_changes_older_than_the_days_kept(app):
@@ -195,7 +195,7 @@ def test_retention_drops_changes_older_than_the_days_kept(app):
     store.put("a", "old")
     time.sleep(0.05)
     store.sweep(keep_versions=100, keep_days=0.01 / 86400, batch=100)
-    assert store.history("a", None, 100, False) == []
+    assert store.numbered_history("a", None, 100, False) == []
     assert store.get("a").value == "old"  # only the history goes, never the variable
 
 
@@ -266,11 +266,11 @@ def test_the_sweeper_removes_expired_rows_and_logs_it_once(app, client):
 def test_expiry_holds_across_a_restart(store_url: str):
     first = create_app({"TESTING": True, "DATABASE_URL": store_url})
     first.test_client().put("/var/t", data={"value": "x", "ttl": "0.5"})
-    first.extensions["var_keeper.store"].close()
+    db.get_store(first).close()
     time.sleep(0.6)
     second = create_app({"TESTING": True, "DATABASE_URL": store_url})
     assert second.test_client().get("/var/t").status_code == 404
-    second.extensions["var_keeper.store"].close()
+    db.get_store(second).close()
 
 
 # --- Upgrading a database of the previous version -------------------------------------------
@@ -294,7 +294,7 @@ def test_a_sqlite_database_of_the_previous_version_upgrades_in_place(tmp_path: P
     assert client.get("/var/a").data == b"kept"
     assert client.post("/var/a", data={"value": "new"}).headers["ETag"] == '"5"'
     assert [c["version"] for c in history(client, "a")] == [5]
-    app.extensions["var_keeper.store"].close()
+    db.get_store(app).close()
 
 
 def test_a_mysql_database_of_the_previous_version_upgrades_in_place(mysql_server: str):
@@ -319,8 +319,7 @@ def test_a_mysql_database_of_the_previous_version_upgrades_in_place(mysql_server
         assert [c["version"] for c in history(client, "a")] == [5]
         store = store_of(app)
         store.close()
-        store._ready = False
-        assert store._init_schema() == "up to date"  # idempotent
+        assert store.prepare_schema() == "up to date"  # idempotent
         store.close()
 
 

@@ -2,8 +2,8 @@
 
 Each store gets a table of 1,000,000 variables named ``app/0000/key0000`` .. ``app/0999/key0999``
 (1000 "directories" of 1000 keys), filled in one INSERT ... SELECT. The tests EXPLAIN the very
-statement the store runs (``db._list_query``) and page through the table with the store's
-``list()`` and over HTTP.
+statement the store runs (``storage.queries.list_variables``) and page through the table with
+the store's ``list()`` and over HTTP.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ import pytest
 
 import db
 from app import create_app
-from tests.conftest import scratch_database, server_connection
+from storage import queries
+from storage.dialect import MYSQL, SQLITE, Dialect
+from tests.servers import scratch_database, server_connection
 
 ROWS = 1_000_000
 KEYS_PER_DIRECTORY = 1000
@@ -40,21 +42,18 @@ class BigTable:
     url: str
     store: db.Store
     explain: Callable[[str, list[Any]], list[dict[str, Any]]]
-    mark: str
-    encode: Callable[[str], Any]
+    dialect: Dialect
 
     def plan(
         self, prefix: str, after: str | None, limit: int = PAGE + 1, with_values: bool = False
     ) -> list[dict[str, Any]]:
-        sql, params = db._list_query(prefix, after, limit, with_values, self.mark, self.encode)
+        sql, params = queries.list_variables(self.dialect, prefix, after, limit, with_values)
         return self.explain(sql, params)
 
 
 def _open_store(url: str) -> db.Store:
     """The store exactly as the service builds it, with its schema ready."""
-    store: db.Store = create_app({"TESTING": True, "DATABASE_URL": url}).extensions[
-        "var_keeper.store"
-    ]
+    store = db.get_store(create_app({"TESTING": True, "DATABASE_URL": url}))
     store.ensure_ready()
     return store
 
@@ -77,7 +76,7 @@ def _sqlite_table(directory: Path) -> Iterator[BigTable]:
         rows = conn.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()
         return [{"detail": row[-1]} for row in rows]
 
-    yield BigTable("sqlite", f"sqlite:///{path}", store, explain, "?", lambda s: s)
+    yield BigTable("sqlite", f"sqlite:///{path}", store, explain, SQLITE)
     store.close()
     conn.close()
 
@@ -114,7 +113,7 @@ def _fill_mysql_table(server_url: str, url: str) -> Iterator[BigTable]:
             cur.execute("EXPLAIN " + sql, params)
             return [{str(k).lower(): v for k, v in row.items()} for row in cur.fetchall()]
 
-        yield BigTable("mysql", url, store, explain, "%s", lambda s: s.encode())
+        yield BigTable("mysql", url, store, explain, MYSQL)
     finally:
         store.close()
         conn.close()
@@ -211,6 +210,6 @@ def test_http_listing_follows_next_links_through_a_prefix(big: BigTable) -> None
         names += [v["name"] for v in body["variables"]]
         assert (body["next"] is None) == ("Link" not in response.headers)
         url = body["next"]
-    app.extensions["var_keeper.store"].close()
+    db.get_store(app).close()
 
     assert names == [name_of(123 * KEYS_PER_DIRECTORY + k) for k in range(KEYS_PER_DIRECTORY)]

@@ -22,7 +22,7 @@ import requests
 import schemathesis
 from schemathesis.config import SchemathesisConfig
 
-from tests.conftest import ROOT, Gunicorn
+from tests.servers import ROOT, Gunicorn
 
 OPENAPI = ROOT / "openapi.json"
 # Access control on, as in a deployment that sets tokens; every request carries the write token.

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import Gunicorn
+import db
+from tests.servers import Gunicorn
 
 JSON = {"Accept": "application/json"}
 get = functools.partial(requests.get, timeout=15)
@@ -126,7 +127,7 @@ def test_events_stream_changes_under_a_prefix_from_last_event_id(client):
 def test_events_resume_after_retention_removed_the_gap_is_a_resync(app, client):
     for n in range(3):
         client.post("/var/a", data={"value": str(n)})
-    app.extensions["var_keeper.store"].sweep(keep_versions=1, keep_days=30, batch=100)
+    db.get_store(app).sweep(keep_versions=1, keep_days=30, batch=100)
     response = client.get("/events", headers={"Last-Event-ID": "0"}, buffered=False)
     lines = (line.decode() for chunk in response.response for line in chunk.splitlines())
     event = read_events(lines, 1)[0]

@@ -13,6 +13,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+import db
 from app import create_app
 
 FORM = "application/x-www-form-urlencoded"
@@ -49,7 +50,7 @@ def textarea(page: str) -> str:
 def small_app(store_url: str) -> Iterator[Flask]:
     app = create_app({"TESTING": True, "DATABASE_URL": store_url, "MAX_VALUE_BYTES": 16})
     yield app
-    app.extensions["var_keeper.store"].close()
+    db.get_store(app).close()
 
 
 # --- The listing ----------------------------------------------------------------------------
