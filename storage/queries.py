@@ -15,8 +15,8 @@ from storage.model import Change, Variable, next_prefix
 
 COLUMNS = "name, value, version, created_at, updated_at, expires_at"
 META_COLUMNS = "name, NULL, version, created_at, updated_at, expires_at"
-CHANGE_COLUMNS = "seq, name, version, op, value, changed_at, actor"
-CHANGE_META_COLUMNS = "seq, name, version, op, NULL, changed_at, actor"
+CHANGE_COLUMNS = "seq, name, version, op, value, changed_at, actor, txn"
+CHANGE_META_COLUMNS = "seq, name, version, op, NULL, changed_at, actor, txn"
 
 Statement = tuple[str, list[Any]]
 
@@ -88,18 +88,22 @@ def due_for_expiry(d: Dialect) -> str:
 
 
 def log_set(d: Dialect) -> str:
-    """The change-log entry of a write, copied from the row just written."""
+    """(actor, txn, name): the change-log entry of a write, copied from the row just
+    written."""
     return (
-        "INSERT INTO var_changes (name, version, op, value, changed_at, actor) "
-        f"SELECT name, version, 'set', value, updated_at, {d.mark} FROM vars WHERE name = {d.mark}"
+        "INSERT INTO var_changes (name, version, op, value, changed_at, actor, txn) "
+        f"SELECT name, version, 'set', value, updated_at, {d.mark}, {d.mark} FROM vars "
+        f"WHERE name = {d.mark}"
     )
 
 
-def log_gone(d: Dialect) -> str:
-    """The change-log entry of a delete or an expiry: (name, version, op, actor)."""
+def log_gone(d: Dialect, count: int = 1) -> str:
+    """(name, version, op, actor, txn) for each of ``count`` entries: the change-log entries
+    of deletes or expiries."""
+    entry = f"({d.mark}, {d.mark}, {d.mark}, NULL, {d.now}, {d.mark}, {d.mark})"
     return (
-        "INSERT INTO var_changes (name, version, op, value, changed_at, actor) "
-        f"VALUES ({d.mark}, {d.mark}, {d.mark}, NULL, {d.now}, {d.mark})"
+        "INSERT INTO var_changes (name, version, op, value, changed_at, actor, txn) "
+        f"VALUES {', '.join([entry] * count)}"
     )
 
 
@@ -198,6 +202,49 @@ def variable(row: Sequence[Any]) -> Variable:
 
 
 def change(row: Sequence[Any]) -> Change:
-    seq, name, version, op, value, changed_at, actor = row
+    seq, name, version, op, value, changed_at, actor, txn = row
     seq = None if seq is None else int(seq)
-    return Change(seq, _text(name), int(version), str(op), value, utc(changed_at), actor)
+    return Change(seq, _text(name), int(version), str(op), value, utc(changed_at), actor, txn)
+
+
+# --- Groups of variables
+
+
+def names_under(d: Dialect, prefix: str, limit: int) -> Statement:
+    """The live names (and versions) under ``prefix``, in name order, at most ``limit``."""
+    where = [d.live]
+    params = _name_range(d, prefix, where)
+    sql = f"SELECT name, version FROM vars WHERE {' AND '.join(where)} ORDER BY name LIMIT {d.mark}"
+    return sql, [*params, limit]
+
+
+def count_under(d: Dialect, prefix: str) -> Statement:
+    where = [d.live]
+    params = _name_range(d, prefix, where)
+    return f"SELECT COUNT(*) FROM vars WHERE {' AND '.join(where)}", params
+
+
+def delete_names(d: Dialect, count: int) -> str:
+    return f"DELETE FROM vars WHERE name IN ({d.marks(count)})"
+
+
+def folder_skip(prefix: str, delimiter: str, name: str) -> str:
+    """The smallest name a folder listing may show after ``name`` (a variable's name or a
+    sub-prefix): past the whole sub-prefix for a name in one, else past ``name`` itself. No name
+    holds a control character, so ``name + " "`` is the smallest name above ``name``. The
+    delimiter is one ASCII character, so the character after it bounds its sub-prefix."""
+    cut = name.find(delimiter, len(prefix))
+    if cut >= 0:
+        return name[:cut] + chr(ord(delimiter) + 1)
+    return name + " "
+
+
+def list_from(d: Dialect, prefix: str, lower: str, limit: int, with_values: bool) -> Statement:
+    """Like ``list_variables``, from ``lower`` on (inclusive): a range scan over the name
+    index."""
+    where = [d.live, f"name >= {d.mark}"]
+    params: list[Any] = [d.encode_name(lower)]
+    params += _name_range(d, prefix, where)
+    columns = COLUMNS if with_values else META_COLUMNS
+    sql = f"SELECT {columns} FROM vars WHERE {' AND '.join(where)} ORDER BY name LIMIT {d.mark}"
+    return sql, [*params, limit]

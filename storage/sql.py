@@ -9,15 +9,44 @@ log gets its seqs.
 
 from __future__ import annotations
 
+import secrets
 from abc import abstractmethod
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from storage import queries
 from storage.dialect import Dialect
-from storage.model import Change, SweepResult, Variable
+from storage.model import (
+    Change,
+    Operation,
+    OperationResult,
+    SweepResult,
+    TooMany,
+    TransactionFailed,
+    Variable,
+    VersionNotFound,
+    WriteResult,
+)
 from storage.store import Store
 from storage.url import DatabaseURL
+
+_T = TypeVar("_T")
+# Names deleted (and logged) by one statement in a subtree delete.
+_DELETE_CHUNK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOptions:
+    """How one write goes: its condition, time to live, who made it and in which
+    transaction (``Store.transact``)."""
+
+    if_version: int | None = None
+    if_absent: bool = False
+    if_exists: bool = False
+    ttl: float | None = None
+    actor: str | None = None
+    txn: str | None = None
 
 
 class SQLStore(Store):
@@ -34,6 +63,25 @@ class SQLStore(Store):
     @abstractmethod
     def _write(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one write statement on its own (autocommit); return the rows it affected."""
+
+    @abstractmethod
+    def _in_transaction(self, work: Callable[[Any], _T], *, serializable: bool = False) -> _T:
+        """``work(tx)`` in one transaction on one connection, committed, or rolled back on any
+        exception. ``serializable``: reads in it lock what they read, absent names included,
+        until the commit (writes alone lock only what they change)."""
+
+    @abstractmethod
+    def _rows(self, tx: Any, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement in the transaction ``tx``; its rows, if it returns any."""
+
+    @abstractmethod
+    def _put_in(self, tx: Any, name: str, value: str, options: WriteOptions) -> WriteResult:
+        """``put`` inside the transaction ``tx``, with its change-log entry."""
+
+    @abstractmethod
+    def _delete_in(self, tx: Any, name: str, options: WriteOptions) -> int | None:
+        """``delete`` inside the transaction ``tx``, with its change-log entry: the delete's
+        version, None if there was nothing to delete."""
 
     @abstractmethod
     def _expire(self, key: Any, version: int) -> bool:
@@ -79,6 +127,29 @@ class SQLStore(Store):
         )
         return [queries.variable(r) for r in self._read(sql, params)]
 
+    def list_folder(
+        self, prefix: str, delimiter: str, after: str | None, limit: int, with_values: bool
+    ) -> list[Variable | str]:
+        # Range scans in name order; the first name met inside a sub-prefix stands for it, and
+        # the names after it in the same sub-prefix are skipped: within the rows already read,
+        # or by the next scan starting past the sub-prefix. So a page costs one scan, plus one
+        # for each sub-prefix that holds more names than the rest of the page.
+        lower = prefix if after is None else queries.folder_skip(prefix, delimiter, after)
+        entries: list[Variable | str] = []
+        while len(entries) < limit:
+            wanted = limit - len(entries)
+            sql, params = queries.list_from(self.dialect, prefix, lower, wanted, with_values)
+            rows = self._read(sql, params)
+            for var in map(queries.variable, rows):
+                if var.name < lower or len(entries) == limit:
+                    continue
+                cut = var.name.find(delimiter, len(prefix))
+                entries.append(var.name[: cut + 1] if cut >= 0 else var)
+                lower = queries.folder_skip(prefix, delimiter, var.name)
+            if len(rows) < wanted:
+                break
+        return entries
+
     def state(self, name: str) -> tuple[Variable | None, int]:
         var = self.get(name)
         if var is not None:
@@ -89,14 +160,108 @@ class SQLStore(Store):
         version, op = rows[0]
         return None, int(version) + (1 if op == "set" else 0)
 
-    def list_folder(self, prefix, delimiter, after, limit, with_values):  # type: ignore[no-untyped-def]
-        raise NotImplementedError  # TODO(txn)
+    # Writes: each one transaction with its change-log entry
 
-    def transact(self, operations, actor=None):  # type: ignore[no-untyped-def]
-        raise NotImplementedError  # TODO(txn)
+    def put(
+        self,
+        name: str,
+        value: str,
+        *,
+        if_version: int | None = None,
+        if_absent: bool = False,
+        if_exists: bool = False,
+        ttl: float | None = None,
+        actor: str | None = None,
+    ) -> WriteResult:
+        options = WriteOptions(if_version, if_absent, if_exists, ttl, actor)
+        return self._in_transaction(lambda tx: self._put_in(tx, name, value, options))
 
-    def delete_prefix(self, prefix, *, limit, actor=None):  # type: ignore[no-untyped-def]
-        raise NotImplementedError  # TODO(txn)
+    def restore(
+        self,
+        name: str,
+        version: int,
+        *,
+        if_version: int | None = None,
+        if_absent: bool = False,
+        if_exists: bool = False,
+        ttl: float | None = None,
+        actor: str | None = None,
+    ) -> WriteResult:
+        options = WriteOptions(if_version, if_absent, if_exists, ttl, actor)
+
+        def work(tx: Any) -> WriteResult:
+            params = (self.dialect.encode_name(name), version)
+            rows = self._rows(tx, queries.one_change(self.dialect), params)
+            old = queries.change(rows[0]) if rows else None
+            if old is None or old.value is None:
+                raise VersionNotFound(name, version)
+            return self._put_in(tx, name, old.value, options)
+
+        return self._in_transaction(work)
+
+    def delete(
+        self,
+        name: str,
+        *,
+        if_version: int | None = None,
+        if_exists: bool = False,
+        actor: str | None = None,
+    ) -> bool:
+        options = WriteOptions(if_version=if_version, if_exists=if_exists, actor=actor)
+        return self._in_transaction(lambda tx: self._delete_in(tx, name, options)) is not None
+
+    def transact(
+        self, operations: Sequence[Operation], actor: str | None = None
+    ) -> tuple[str, list[OperationResult]]:
+        txn = secrets.token_hex(8)
+
+        def work(tx: Any) -> list[OperationResult]:
+            return [self._apply(tx, index, op, actor, txn) for index, op in enumerate(operations)]
+
+        return txn, self._in_transaction(work, serializable=True)
+
+    def _apply(
+        self, tx: Any, index: int, op: Operation, actor: str | None, txn: str
+    ) -> OperationResult:
+        if op.kind == "set":
+            if op.value is None:
+                raise ValueError(f"operation {index}: set needs a value")
+            done = self._put_in(
+                tx, op.name, op.value, WriteOptions(ttl=op.ttl, actor=actor, txn=txn)
+            )
+            return OperationResult(op.name, done.version, created=done.created)
+        if op.kind == "delete":
+            deleted = self._delete_in(tx, op.name, WriteOptions(actor=actor, txn=txn))
+            return OperationResult(op.name, deleted)
+        rows = self._rows(
+            tx, queries.get_variable(self.dialect), (self.dialect.encode_name(op.name),)
+        )
+        var = queries.variable(rows[0]) if rows else None
+        version = var.version if var else None
+        if op.kind == "get":
+            return OperationResult(op.name, version, var.value if var else None)
+        if op.kind != "check":
+            raise ValueError(f"operation {index}: unknown kind {op.kind!r}")
+        failed = _failed_check(op, version)
+        if failed:
+            raise TransactionFailed(index, failed)
+        return OperationResult(op.name, version)
+
+    def delete_prefix(self, prefix: str, *, limit: int, actor: str | None = None) -> int:
+        d, txn = self.dialect, secrets.token_hex(8)
+
+        def work(tx: Any) -> int:
+            rows = self._rows(tx, *queries.names_under(d, prefix, limit + 1))
+            if len(rows) > limit:
+                raise TooMany(int(self._rows(tx, *queries.count_under(d, prefix))[0][0]), limit)
+            for start in range(0, len(rows), _DELETE_CHUNK):
+                chunk = rows[start : start + _DELETE_CHUNK]
+                self._rows(tx, queries.delete_names(d, len(chunk)), [name for name, _ in chunk])
+                entries = [(name, int(v) + 1, "delete", actor, txn) for name, v in chunk]
+                self._rows(tx, queries.log_gone(d, len(chunk)), [p for e in entries for p in e])
+            return len(rows)
+
+        return self._in_transaction(work, serializable=True)
 
     # The change log
 
@@ -144,6 +309,18 @@ class SQLStore(Store):
             pruned += self._write(*queries.prune_versions(d, key, newest - keep_versions, batch))
         self._prune_cursor = int(rows[-1][0]) if len(rows) == batch else 0
         return pruned
+
+
+def _failed_check(op: Operation, version: int | None) -> str | None:
+    """Why a check operation fails against the version found (None: absent), or None."""
+    if op.version is not None and version != op.version:
+        found = "absent" if version is None else f"at version {version}"
+        return f"{op.name!r} is {found}, not at version {op.version}"
+    if op.exists is True and version is None:
+        return f"{op.name!r} does not exist"
+    if op.exists is False and version is not None:
+        return f"{op.name!r} exists (version {version})"
+    return None
 
 
 def _crowded(rows: Sequence[Sequence[Any]], keep_versions: int) -> dict[Any, int]:

@@ -5,19 +5,20 @@ allocates at insert, commit in order and no numbering step is needed."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from storage import migrations, queries
 from storage.dialect import SQLITE
 from storage.migrations import CREATED, MIGRATED, UP_TO_DATE, Step
-from storage.model import Change, PreconditionFailed, StoreUnavailable, VersionNotFound, WriteResult
+from storage.model import Change, PreconditionFailed, StoreUnavailable, WriteResult
 from storage.pool import ConnectionPool
-from storage.sql import SQLStore
+from storage.sql import SQLStore, WriteOptions
 from storage.url import DatabaseURL
 
+_T = TypeVar("_T")
 _VARS_TABLE = f"""
 CREATE TABLE IF NOT EXISTS vars (
     name TEXT NOT NULL PRIMARY KEY,
@@ -38,6 +39,7 @@ CREATE TABLE IF NOT EXISTS var_changes (
     value TEXT,
     changed_at TEXT NOT NULL,
     actor TEXT,
+    txn TEXT,
     UNIQUE (name, version)
 )
 """
@@ -68,10 +70,18 @@ def _add_change_log(conn: sqlite3.Connection) -> str:
     return UP_TO_DATE if existed else MIGRATED
 
 
+def _add_change_txn(conn: sqlite3.Connection) -> str:
+    if "txn" in {row[1] for row in conn.execute("PRAGMA table_info(var_changes)")}:
+        return UP_TO_DATE
+    conn.execute("ALTER TABLE var_changes ADD COLUMN txn TEXT")
+    return MIGRATED
+
+
 STEPS = (
     Step(1, "the vars table", _create_vars),
     Step(2, "vars.expires_at", _add_expiry),
     Step(3, "the change log (var_changes)", _add_change_log),
+    Step(4, "var_changes.txn", _add_change_txn),
 )
 
 
@@ -155,82 +165,61 @@ class SQLiteStore(SQLStore):
             conn.execute(f"PRAGMA user_version = {migrations.latest(STEPS):d}")
             return outcome
 
-    # Writes
+    # Writes: BEGIN IMMEDIATE makes every write transaction serializable
 
-    def put(
-        self,
-        name: str,
-        value: str,
-        *,
-        if_version: int | None = None,
-        if_absent: bool = False,
-        if_exists: bool = False,
-        ttl: float | None = None,
-        actor: str | None = None,
-    ) -> WriteResult:
+    def _in_transaction(self, work: Callable[[Any], _T], *, serializable: bool = False) -> _T:
         with self._transaction() as conn:
-            return self._put(conn, name, value, if_version, if_absent, if_exists, ttl, actor)
+            return work(conn)
 
-    def restore(
-        self,
-        name: str,
-        version: int,
-        *,
-        if_version: int | None = None,
-        if_absent: bool = False,
-        if_exists: bool = False,
-        ttl: float | None = None,
-        actor: str | None = None,
-    ) -> WriteResult:
-        with self._transaction() as conn:
-            row = conn.execute(queries.one_change(SQLITE), (name, version)).fetchone()
-            old: Change | None = queries.change(row) if row else None
-            if old is None or old.value is None:
-                raise VersionNotFound(name, version)
-            return self._put(conn, name, old.value, if_version, if_absent, if_exists, ttl, actor)
+    def _rows(self, tx: Any, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return tx.execute(sql, params).fetchall()
 
-    def _put(
-        self,
-        conn: sqlite3.Connection,
-        name: str,
-        value: str,
-        if_version: int | None,
-        if_absent: bool,
-        if_exists: bool,
-        ttl: float | None,
-        actor: str | None,
-    ) -> WriteResult:
-        expiry = SQLITE.expiry(ttl)
+    def _put_in(self, tx: Any, name: str, value: str, options: WriteOptions) -> WriteResult:
+        expiry = SQLITE.expiry(options.ttl)
         result = None
-        if not if_absent:
+        if not options.if_absent:
             sql = (
                 "UPDATE vars SET value = ?, version = version + 1, "
                 f"updated_at = {SQLITE.now}, expires_at = {SQLITE.expires_in} "
                 f"WHERE name = ? AND {SQLITE.live}"
             )
             params: tuple[Any, ...] = (value, expiry, name)
-            if if_version is not None:
-                sql, params = sql + " AND version = ?", (*params, if_version)
-            row = conn.execute(sql + " RETURNING version", params).fetchone()
+            if options.if_version is not None:
+                sql, params = sql + " AND version = ?", (*params, options.if_version)
+            row = tx.execute(sql + " RETURNING version", params).fetchone()
             if row is not None:
                 result = WriteResult(int(row[0]), created=False)
-            elif if_version is not None or if_exists:
+            elif options.if_version is not None or options.if_exists:
                 raise PreconditionFailed(name)
         if result is None:
             live = f"SELECT 1 FROM vars WHERE name = ? AND {SQLITE.live}"
-            if if_absent and conn.execute(live, (name,)).fetchone():
+            if options.if_absent and tx.execute(live, (name,)).fetchone():
                 raise PreconditionFailed(name)
-            self._expire_row(conn, name, None)
+            self._expire_row(tx, name, None)
             # The version continues from the retained history: an old ETag never matches.
-            row = conn.execute(
+            row = tx.execute(
                 "INSERT INTO vars (name, value, version, expires_at) "
                 f"SELECT ?, ?, COALESCE(MAX(version), 0) + 1, {SQLITE.expires_in} "
                 "FROM var_changes WHERE name = ? RETURNING version",
                 (name, value, expiry, name),
             ).fetchone()
             result = WriteResult(int(row[0]), created=True)
-        conn.execute(queries.log_set(SQLITE), (actor, name))
+        tx.execute(queries.log_set(SQLITE), (options.actor, options.txn, name))
         return result
+
+    def _delete_in(self, tx: Any, name: str, options: WriteOptions) -> int | None:
+        sql = f"DELETE FROM vars WHERE name = ? AND {SQLITE.live}"
+        params: tuple[Any, ...] = (name,)
+        if options.if_version is not None:
+            sql, params = sql + " AND version = ?", (*params, options.if_version)
+        row = tx.execute(sql + " RETURNING version", params).fetchone()
+        if row is None:
+            if options.if_exists or options.if_version is not None:
+                raise PreconditionFailed(name)
+            return None
+        version = int(row[0]) + 1
+        tx.execute(queries.log_gone(SQLITE), (name, version, "delete", options.actor, options.txn))
+        return version
 
     def _expire_row(self, conn: sqlite3.Connection, name: str, version: int | None) -> bool:
         sql = f"DELETE FROM vars WHERE name = ? AND expires_at <= {SQLITE.now}"
@@ -240,7 +229,7 @@ class SQLiteStore(SQLStore):
         row = conn.execute(sql + " RETURNING version", params).fetchone()
         if row is None:
             return False
-        conn.execute(queries.log_gone(SQLITE), (name, int(row[0]) + 1, "expire", None))
+        conn.execute(queries.log_gone(SQLITE), (name, int(row[0]) + 1, "expire", None, None))
         return True
 
     def _expire(self, key: Any, version: int) -> bool:
@@ -256,31 +245,10 @@ class SQLiteStore(SQLStore):
                         "COALESCE(MAX(version), 0) + 1 FROM var_changes WHERE name = ?",
                         (name, value, name),
                     )
-                    conn.execute(queries.log_set(SQLITE), (None, name))
+                    conn.execute(queries.log_set(SQLITE), (None, None, name))
         except sqlite3.IntegrityError:
             return False
         return True
-
-    def delete(
-        self,
-        name: str,
-        *,
-        if_version: int | None = None,
-        if_exists: bool = False,
-        actor: str | None = None,
-    ) -> bool:
-        with self._transaction() as conn:
-            sql = f"DELETE FROM vars WHERE name = ? AND {SQLITE.live}"
-            params: tuple[Any, ...] = (name,)
-            if if_version is not None:
-                sql, params = sql + " AND version = ?", (*params, if_version)
-            row = conn.execute(sql + " RETURNING version", params).fetchone()
-            if row is None:
-                if if_exists or if_version is not None:
-                    raise PreconditionFailed(name)
-                return False
-            conn.execute(queries.log_gone(SQLITE), (name, int(row[0]) + 1, "delete", actor))
-            return True
 
     # The change log: seqs are given at insert, in commit order
 

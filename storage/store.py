@@ -128,7 +128,8 @@ class Store(ABC):
         """One level of the hierarchy under ``prefix``: the variables directly under it and
         the sub-prefixes one level down (each a str ending with ``delimiter``, once), in name
         order, after ``after`` (a variable's name or a sub-prefix: keyset pagination over
-        both). One index range scan a page."""
+        both). Index range scans: one a page, plus one for each sub-prefix on it that holds
+        more names than the rest of the page."""
 
     @abstractmethod
     def state(self, name: str) -> tuple[Variable | None, int]:

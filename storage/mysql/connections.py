@@ -314,14 +314,21 @@ class MySQLConnections:
 
     # Schema
 
-    def transaction(self, work: Callable[[Any], Any], *, retried: bool = True) -> Any:
+    def transaction(
+        self, work: Callable[[Any], _T], *, retried: bool = True, serializable: bool = False
+    ) -> _T:
         """Run ``work(cursor)`` in one transaction and commit it; roll back on any exception
         before the connection goes back to the pool. A transaction the server rolled back (a
         deadlock, a Galera certification conflict) runs again as a whole (``retrying``),
-        unless not ``retried``: then the caller gets ``NotApplied``."""
+        unless not ``retried``: then the caller gets ``NotApplied``. ``serializable``: this
+        one transaction runs SERIALIZABLE (its reads take shared next-key locks, so what it
+        checked, an absent name included, stays so until the commit); the session stays READ
+        COMMITTED."""
 
-        def once() -> Any:
+        def once() -> _T:
             with self.cursor() as cur:
+                if serializable:
+                    cur.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
                 cur.execute("START TRANSACTION")
                 try:
                     result = work(cur)

@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS var_changes (
     value LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
     changed_at DATETIME(6) NOT NULL,
     actor VARCHAR(16) CHARACTER SET ascii NULL,
+    txn CHAR(16) CHARACTER SET ascii NULL,
     PRIMARY KEY (id),
     UNIQUE KEY seq (seq),
     UNIQUE KEY name_version (name, version)
@@ -170,11 +171,18 @@ def _add_change_ids(cur: Any) -> str:
     return _alter(cur, statement, "var_changes", "id")
 
 
+def _add_change_txn(cur: Any) -> str:
+    """Step 5: the transaction a change was part of (``Store.transact``)."""
+    statement = "ALTER TABLE var_changes ADD COLUMN txn CHAR(16) CHARACTER SET ascii NULL"
+    return _alter(cur, statement, "var_changes", "txn")
+
+
 STEPS = (
     Step(1, "the vars table", _create_vars),
     Step(2, "vars.expires_at", _add_expiry),
     Step(3, "the change log (var_changes, var_seq)", _add_change_log),
     Step(4, "var_changes.id: entries numbered after the commit", _add_change_ids),
+    Step(5, "var_changes.txn", _add_change_txn),
 )
 
 

@@ -8,23 +8,18 @@ new name) and its change-log entry, which gets its seq after the commit
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from storage import queries
 from storage.dialect import MYSQL
-from storage.model import (
-    Change,
-    PreconditionFailed,
-    StoreError,
-    VersionNotFound,
-    WriteResult,
-)
+from storage.model import Change, PreconditionFailed, StoreError, WriteResult
 from storage.mysql import numbering, schema
 from storage.mysql.connections import MySQLConnections
-from storage.sql import SQLStore
+from storage.sql import SQLStore, WriteOptions
 from storage.url import DatabaseURL
 
+_T = TypeVar("_T")
 _DUPLICATE_KEY = 1062
 _LIVE = MYSQL.live
 _EXPIRES = MYSQL.expires_in
@@ -73,59 +68,19 @@ class MySQLStore(SQLStore):
     def _write(self, sql: str, params: Sequence[Any] = ()) -> int:
         return self.connections.execute(sql, params)[0]
 
-    # Writes
+    # Writes: one transaction each, on one connection (see ``SQLStore``)
 
-    def put(
-        self,
-        name: str,
-        value: str,
-        *,
-        if_version: int | None = None,
-        if_absent: bool = False,
-        if_exists: bool = False,
-        ttl: float | None = None,
-        actor: str | None = None,
-    ) -> WriteResult:
-        conditions = (if_version, if_absent, if_exists, ttl, actor)
-        return self.connections.transaction(lambda cur: self._put(cur, name, value, *conditions))
+    def _in_transaction(self, work: Callable[[Any], _T], *, serializable: bool = False) -> _T:
+        return self.connections.transaction(work, serializable=serializable)
 
-    def restore(
-        self,
-        name: str,
-        version: int,
-        *,
-        if_version: int | None = None,
-        if_absent: bool = False,
-        if_exists: bool = False,
-        ttl: float | None = None,
-        actor: str | None = None,
-    ) -> WriteResult:
-        conditions = (if_version, if_absent, if_exists, ttl, actor)
+    def _rows(self, tx: Any, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        tx.execute(sql, params)
+        return tx.fetchall() if tx.with_rows else []
 
-        def work(cur: Any) -> WriteResult:
-            cur.execute(queries.one_change(MYSQL), (name.encode(), version))
-            rows = cur.fetchall()
-            old = queries.change(rows[0]) if rows else None
-            if old is None or old.value is None:
-                raise VersionNotFound(name, version)
-            return self._put(cur, name, old.value, *conditions)
-
-        return self.connections.transaction(work)
-
-    def _put(
-        self,
-        cur: Any,
-        name: str,
-        value: str,
-        if_version: int | None,
-        if_absent: bool,
-        if_exists: bool,
-        ttl: float | None,
-        actor: str | None,
-    ) -> WriteResult:
-        key, expiry = name.encode(), MYSQL.expiry(ttl)
+    def _put_in(self, tx: Any, name: str, value: str, options: WriteOptions) -> WriteResult:
+        key, expiry = name.encode(), MYSQL.expiry(options.ttl)
         result = None
-        if not if_absent:
+        if not options.if_absent:
             # LAST_INSERT_ID(expr) hands the new version back in the OK packet.
             sql = (
                 "UPDATE vars SET value = %s, version = LAST_INSERT_ID(version + 1), "
@@ -133,16 +88,16 @@ class MySQLStore(SQLStore):
                 f"WHERE name = %s AND {_LIVE}"
             )
             params: tuple[Any, ...] = (value, expiry, key)
-            if if_version is not None:
-                sql, params = sql + " AND version = %s", (*params, if_version)
-            cur.execute(sql, params)
-            if cur.rowcount:
-                result = WriteResult(int(cur.lastrowid), created=False)
-            elif if_version is not None or if_exists:
+            if options.if_version is not None:
+                sql, params = sql + " AND version = %s", (*params, options.if_version)
+            tx.execute(sql, params)
+            if tx.rowcount:
+                result = WriteResult(int(tx.lastrowid), created=False)
+            elif options.if_version is not None or options.if_exists:
                 raise PreconditionFailed(name)
         if result is None:
-            result = self._create(cur, key, value, expiry, if_absent)
-        cur.execute(queries.log_set(MYSQL), (actor, key))
+            result = self._create(tx, key, value, expiry, options.if_absent)
+        tx.execute(queries.log_set(MYSQL), (options.actor, options.txn, key))
         return result
 
     def _create(
@@ -187,7 +142,7 @@ class MySQLStore(SQLStore):
         if not rows:
             return False
         cur.execute("DELETE FROM vars WHERE name = %s", (key,))
-        cur.execute(queries.log_gone(MYSQL), (key, int(rows[0][0]) + 1, "expire", None))
+        cur.execute(queries.log_gone(MYSQL), (key, int(rows[0][0]) + 1, "expire", None, None))
         return True
 
     def _expire(self, key: Any, version: int) -> bool:
@@ -229,28 +184,18 @@ class MySQLStore(SQLStore):
         except _Taken:
             return False
 
-    def delete(
-        self,
-        name: str,
-        *,
-        if_version: int | None = None,
-        if_exists: bool = False,
-        actor: str | None = None,
-    ) -> bool:
+    def _delete_in(self, tx: Any, name: str, options: WriteOptions) -> int | None:
         key = name.encode()
-
-        def work(cur: Any) -> bool:
-            cur.execute(f"SELECT version FROM vars WHERE name = %s AND {_LIVE} FOR UPDATE", (key,))
-            rows = cur.fetchall()
-            if not rows or (if_version is not None and int(rows[0][0]) != if_version):
-                if if_exists or if_version is not None:
-                    raise PreconditionFailed(name)
-                return False
-            cur.execute("DELETE FROM vars WHERE name = %s", (key,))
-            cur.execute(queries.log_gone(MYSQL), (key, int(rows[0][0]) + 1, "delete", actor))
-            return True
-
-        return bool(self.connections.transaction(work))
+        tx.execute(f"SELECT version FROM vars WHERE name = %s AND {_LIVE} FOR UPDATE", (key,))
+        rows = tx.fetchall()
+        if not rows or (options.if_version is not None and int(rows[0][0]) != options.if_version):
+            if options.if_exists or options.if_version is not None:
+                raise PreconditionFailed(name)
+            return None
+        version = int(rows[0][0]) + 1
+        tx.execute("DELETE FROM vars WHERE name = %s", (key,))
+        tx.execute(queries.log_gone(MYSQL), (key, version, "delete", options.actor, options.txn))
+        return version
 
     # The change log: reads that find an entry without a seq number the log first
 
