@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 
@@ -24,6 +25,9 @@ class Dialect:
     ttl_param: Callable[[float], Any]  # a ttl in seconds as ``expires_in`` takes it
     seconds_ago_param: Callable[[int], Any]  # seconds as ``seconds_ago`` takes them
     delete_limit: bool  # DELETE ... LIMIT is allowed
+    encode_time: Callable[[datetime], Any]  # a UTC time as a time column holds it
+    last_seq: str  # the last seq the change log gave (a query; no row or NULL: none yet)
+    set_last_seq: tuple[str, ...]  # statements (one placeholder each) that set it
 
     @property
     def live(self) -> str:
@@ -54,6 +58,9 @@ MYSQL = Dialect(
     ttl_param=lambda ttl: int(ttl * 1_000_000),
     seconds_ago_param=int,
     delete_limit=True,
+    encode_time=lambda moment: moment.replace(tzinfo=None),  # the session's time zone is UTC
+    last_seq="SELECT n FROM var_seq WHERE id = 1",
+    set_last_seq=("UPDATE var_seq SET n = %s WHERE id = 1",),
 )
 
 _SQLITE_NOW = "strftime('%Y-%m-%d %H:%M:%f', 'now')"
@@ -69,4 +76,13 @@ SQLITE = Dialect(
     ttl_param=lambda ttl: f"{ttl:.3f}",  # a modifier: no exponent notation
     seconds_ago_param=lambda seconds: f"-{seconds} seconds",
     delete_limit=False,
+    encode_time=lambda moment: f"{moment:%Y-%m-%d %H:%M:%S}.{moment.microsecond // 1000:03d}",
+    # AUTOINCREMENT keeps it in sqlite_sequence, an ordinary table (its row appears with the
+    # first entry).
+    last_seq="SELECT seq FROM sqlite_sequence WHERE name = 'var_changes'",
+    set_last_seq=(
+        "UPDATE sqlite_sequence SET seq = ? WHERE name = 'var_changes'",
+        "INSERT INTO sqlite_sequence (name, seq) SELECT 'var_changes', ? "
+        "WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'var_changes')",
+    ),
 )

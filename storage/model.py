@@ -102,6 +102,11 @@ class StoreUnavailable(StoreError):
     """The database cannot be reached, timed out, or its schema is not ready yet."""
 
 
+class OutOfSpace(StoreUnavailable):
+    """The database's disk is full: the write changed nothing, and writes fail until space is
+    freed (no restart needed); reads still work."""
+
+
 class PreconditionFailed(StoreError):
     """A conditional write found the variable in another state than the caller expected."""
 

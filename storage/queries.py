@@ -46,22 +46,31 @@ def list_variables(
 ) -> Statement:
     """A keyset-paginated range scan over the name index."""
     # Expired rows are filtered after the range scan: the plan stays the name index's.
+    columns, params = _listed_columns(d, with_values, value_chars)
     where = [d.live]
-    params: list[Any] = []
-    columns = COLUMNS if with_values else META_COLUMNS
-    if with_values and value_chars is not None:
-        # SUBSTR counts characters in both dialects: a page of previews never reads megabytes.
-        columns = (
-            f"name, SUBSTR(value, 1, {d.mark}), version, created_at, updated_at, expires_at, "
-            f"{d.char_length}(value)"
-        )
-        params.append(value_chars)
     where_params = _name_range(d, prefix, where)
     if after is not None:
         where.append(f"name > {d.mark}")
         where_params.append(d.encode_name(after))
     sql = f"SELECT {columns} FROM vars WHERE {' AND '.join(where)} ORDER BY name LIMIT {d.mark}"
     return sql, [*params, *where_params, limit]
+
+
+def _listed_columns(
+    d: Dialect, with_values: bool, value_chars: int | None
+) -> tuple[str, list[Any]]:
+    """A listing's columns: without values, with them, or with their first ``value_chars``
+    characters and their whole length (previews)."""
+    if not with_values:
+        return META_COLUMNS, []
+    if value_chars is None:
+        return COLUMNS, []
+    # SUBSTR counts characters in both dialects: a page of previews never reads megabytes.
+    columns = (
+        f"name, SUBSTR(value, 1, {d.mark}), version, created_at, updated_at, expires_at, "
+        f"{d.char_length}(value)"
+    )
+    return columns, [value_chars]
 
 
 def _name_range(d: Dialect, prefix: str, where: list[str]) -> list[Any]:
@@ -131,17 +140,38 @@ def latest_change(d: Dialect) -> str:
     )
 
 
-def changes_window(d: Dialect, after_seq: int, upto_seq: int, prefix: str, limit: int) -> Statement:
+def changes_window(
+    d: Dialect,
+    after_seq: int,
+    upto_seq: int,
+    prefix: str,
+    limit: int,
+    columns: str = CHANGE_COLUMNS,
+) -> Statement:
     """Changes in a seq window under a prefix: a range scan of the seq index, the prefix
     filtered."""
     where = [f"seq > {d.mark}", f"seq <= {d.mark}"]
     params = [after_seq, upto_seq, *_name_range(d, prefix, where)]
-    sql = f"SELECT {CHANGE_COLUMNS} FROM var_changes WHERE {' AND '.join(where)}"
+    sql = f"SELECT {columns} FROM var_changes WHERE {' AND '.join(where)}"
     return f"{sql} ORDER BY seq LIMIT {d.mark}", [*params, limit]
 
 
 def first_seq() -> str:
     return "SELECT MIN(seq) FROM var_changes"
+
+
+# The highest seq retention has ever removed (``var_pruned``, one row): a reader that finds an
+# entry missing finds this past it, as retention raises it before it deletes.
+PRUNED_THROUGH = "SELECT seq FROM var_pruned WHERE id = 1"
+
+
+def changes_window_pruned(
+    d: Dialect, after_seq: int, upto_seq: int, prefix: str, limit: int
+) -> Statement:
+    """``changes_window``, each row ending with ``PRUNED_THROUGH`` read by the same statement
+    (one snapshot in both dialects): the window and the watermark agree."""
+    columns = f"{CHANGE_COLUMNS}, ({PRUNED_THROUGH})"
+    return changes_window(d, after_seq, upto_seq, prefix, limit, columns)
 
 
 # --- Retention
@@ -161,12 +191,26 @@ def delete_through_seq(d: Dialect) -> str:
     return f"DELETE FROM var_changes WHERE seq <= {d.mark}"
 
 
+def raise_pruned_through(d: Dialect) -> str:
+    """(seq, seq): the watermark up to a seq; it never goes down."""
+    return f"UPDATE var_pruned SET seq = {d.mark} WHERE id = 1 AND seq < {d.mark}"
+
+
 def log_walk(d: Dialect) -> str:
     """(after seq, batch): the next entries of the log in seq order, without values."""
     return (
         f"SELECT seq, name, version FROM var_changes WHERE seq > {d.mark} "
         f"ORDER BY seq LIMIT {d.mark}"
     )
+
+
+def prune_versions_top(d: Dialect, key: Any, through_version: int) -> Statement:
+    """The highest seq ``prune_versions`` may remove (NULL: none)."""
+    sql = (
+        "SELECT MAX(seq) FROM var_changes "
+        f"WHERE name = {d.mark} AND version <= {d.mark} AND seq IS NOT NULL"
+    )
+    return sql, [key, through_version]
 
 
 def prune_versions(d: Dialect, key: Any, through_version: int, batch: int) -> Statement:
@@ -239,12 +283,19 @@ def folder_skip(prefix: str, delimiter: str, name: str) -> str:
     return name + " "
 
 
-def list_from(d: Dialect, prefix: str, lower: str, limit: int, with_values: bool) -> Statement:
+def list_from(
+    d: Dialect,
+    prefix: str,
+    lower: str,
+    limit: int,
+    with_values: bool,
+    value_chars: int | None = None,
+) -> Statement:
     """Like ``list_variables``, from ``lower`` on (inclusive): a range scan over the name
     index."""
+    columns, params = _listed_columns(d, with_values, value_chars)
     where = [d.live, f"name >= {d.mark}"]
-    params: list[Any] = [d.encode_name(lower)]
+    params.append(d.encode_name(lower))
     params += _name_range(d, prefix, where)
-    columns = COLUMNS if with_values else META_COLUMNS
     sql = f"SELECT {columns} FROM vars WHERE {' AND '.join(where)} ORDER BY name LIMIT {d.mark}"
     return sql, [*params, limit]

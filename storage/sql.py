@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from storage import queries
+from storage import queries, snapshot
 from storage.dialect import Dialect
 from storage.model import (
     Change,
@@ -128,18 +128,31 @@ class SQLStore(Store):
         return [queries.variable(r) for r in self._read(sql, params)]
 
     def list_folder(
-        self, prefix: str, delimiter: str, after: str | None, limit: int, with_values: bool
+        self,
+        prefix: str,
+        delimiter: str,
+        after: str | None,
+        limit: int,
+        with_values: bool,
+        value_chars: int | None = None,
     ) -> list[Variable | str]:
         # Range scans in name order; the first name met inside a sub-prefix stands for it, and
         # the names after it in the same sub-prefix are skipped: within the rows already read,
         # or by the next scan starting past the sub-prefix. So a page costs one scan, plus one
-        # for each sub-prefix that holds more names than the rest of the page.
+        # for each sub-prefix that holds more names than the rest of the page. After a scan that
+        # gave one entry (a big sub-prefix) the next reads 8 rows, after one that gave more it
+        # reads twice as many: names to skip are not read a page's worth per big sub-prefix
+        # (limit * limit rows a page).
         lower = prefix if after is None else queries.folder_skip(prefix, delimiter, after)
         entries: list[Variable | str] = []
+        fetch = limit
         while len(entries) < limit:
-            wanted = limit - len(entries)
-            sql, params = queries.list_from(self.dialect, prefix, lower, wanted, with_values)
+            wanted = min(limit - len(entries), fetch)
+            sql, params = queries.list_from(
+                self.dialect, prefix, lower, wanted, with_values, value_chars
+            )
             rows = self._read(sql, params)
+            before = len(entries)
             for var in map(queries.variable, rows):
                 if var.name < lower or len(entries) == limit:
                     continue
@@ -148,6 +161,7 @@ class SQLStore(Store):
                 lower = queries.folder_skip(prefix, delimiter, var.name)
             if len(rows) < wanted:
                 break
+            fetch = 2 * wanted if len(entries) - before > 1 else 8
         return entries
 
     def state(self, name: str) -> tuple[Variable | None, int]:
@@ -285,6 +299,22 @@ class SQLStore(Store):
         rows = self._read(queries.first_seq())
         return int(rows[0][0]) if rows and rows[0][0] is not None else None
 
+    def load_image(self, image: snapshot.Image) -> None:
+        snapshot.load(self, image)
+
+    def pruned_through(self) -> int:
+        rows = self._read(queries.PRUNED_THROUGH)
+        return int(rows[0][0]) if rows else 0
+
+    def changes_and_watermark(
+        self, after_seq: int, upto_seq: int, prefix: str, limit: int
+    ) -> tuple[list[Change], int]:
+        d = self.dialect
+        rows = self._read(*queries.changes_window_pruned(d, after_seq, upto_seq, prefix, limit))
+        if not rows:  # no row to carry it: read after the window, which errs towards a resync
+            return [], self.pruned_through()
+        return [queries.change(row[:-1]) for row in rows], int(rows[0][-1])
+
     # Expiry and retention
 
     def sweep(self, keep_versions: int, keep_days: float, batch: int) -> SweepResult:
@@ -300,15 +330,28 @@ class SQLStore(Store):
         seconds = d.seconds_ago_param(int(keep_days * 86400))
         oldest = self._read(queries.oldest_out_of_time(d), (batch, seconds))
         if oldest and oldest[0][0] is not None:
-            pruned += self._write(queries.delete_through_seq(d), (int(oldest[0][0]),))
+            through = int(oldest[0][0])
+            pruned += self._prune(through, (queries.delete_through_seq(d), [through]))
         # More than keep_versions behind their name's newest: found by walking the log in seq
         # order, a batch a sweep (a range scan of the seq index), from where this process
         # stopped.
         rows = self._read(queries.log_walk(d), (self._prune_cursor, batch))
         for key, newest in _crowded(rows, keep_versions).items():
-            pruned += self._write(*queries.prune_versions(d, key, newest - keep_versions, batch))
+            through_version = newest - keep_versions
+            top = self._read(*queries.prune_versions_top(d, key, through_version))
+            if top and top[0][0] is not None:
+                delete = queries.prune_versions(d, key, through_version, batch)
+                pruned += self._prune(int(top[0][0]), delete)
         self._prune_cursor = int(rows[-1][0]) if len(rows) == batch else 0
         return pruned
+
+    def _prune(self, top_seq: int, delete: queries.Statement) -> int:
+        """Run a retention ``delete`` that removes no seq above ``top_seq``, the watermark
+        (``pruned_through``) raised to ``top_seq`` first: a reader that finds an entry gone
+        finds the watermark past it (at worst it is raised a moment early, and a stream that
+        could still have read the entry resyncs all the same)."""
+        self._write(queries.raise_pruned_through(self.dialect), (top_seq, top_seq))
+        return self._write(*delete)
 
 
 def _failed_check(op: Operation, version: int | None) -> str | None:

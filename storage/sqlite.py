@@ -13,8 +13,9 @@ from typing import Any, TypeVar
 from storage import migrations, queries
 from storage.dialect import SQLITE
 from storage.migrations import CREATED, MIGRATED, UP_TO_DATE, Step
-from storage.model import Change, PreconditionFailed, StoreUnavailable, WriteResult
+from storage.model import Change, OutOfSpace, PreconditionFailed, StoreUnavailable, WriteResult
 from storage.pool import ConnectionPool
+from storage.snapshot import Snapshot
 from storage.sql import SQLStore, WriteOptions
 from storage.url import DatabaseURL
 
@@ -77,11 +78,25 @@ def _add_change_txn(conn: sqlite3.Connection) -> str:
     return MIGRATED
 
 
+def _add_pruned_through(conn: sqlite3.Connection) -> str:
+    """The highest seq retention has removed (``Store.pruned_through``). A log of an earlier
+    release may have lost any entry so far: its watermark starts at the last seq given."""
+    if "var_pruned" in _tables(conn):
+        return UP_TO_DATE
+    conn.execute("CREATE TABLE var_pruned (id INTEGER PRIMARY KEY, seq INTEGER NOT NULL)")
+    conn.execute(
+        "INSERT INTO var_pruned (id, seq) SELECT 1, COALESCE(MAX(seq), 0) FROM sqlite_sequence "
+        "WHERE name = 'var_changes'"
+    )
+    return MIGRATED
+
+
 STEPS = (
     Step(1, "the vars table", _create_vars),
     Step(2, "vars.expires_at", _add_expiry),
     Step(3, "the change log (var_changes)", _add_change_log),
     Step(4, "var_changes.txn", _add_change_txn),
+    Step(5, "the retention watermark (var_pruned)", _add_pruned_through),
 )
 
 
@@ -122,7 +137,7 @@ class SQLiteStore(SQLStore):
                 cursor = lease.conn.execute(sql, params)
                 return cursor.fetchall(), cursor.rowcount
             except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk I/O...
-                raise StoreUnavailable(f"sqlite: {exc}") from exc
+                raise _unavailable(exc) from exc
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self._cursor(sql, params)[0]
@@ -144,8 +159,28 @@ class SQLiteStore(SQLStore):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.OperationalError):
-                    raise StoreUnavailable(f"sqlite: {exc}") from exc
+                    raise _unavailable(exc) from exc
                 raise
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Snapshot]:
+        """A read transaction on one connection: in WAL mode its first read fixes what it
+        sees, and writers go on meanwhile."""
+        with self._pool.lease() as lease:
+            conn = lease.conn
+
+            def rows(sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+                try:
+                    return conn.execute(sql, params).fetchall()
+                except sqlite3.OperationalError as exc:
+                    raise _unavailable(exc) from exc
+
+            conn.execute("BEGIN")
+            try:
+                yield Snapshot.begin(SQLITE, rows)
+            finally:
+                if conn.in_transaction:  # read only: nothing to commit
+                    conn.execute("ROLLBACK")
 
     # Schema
 
@@ -263,3 +298,12 @@ class SQLiteStore(SQLStore):
     def numbered_last_seq(self) -> int:
         rows = self._read("SELECT seq FROM sqlite_sequence WHERE name = 'var_changes'")
         return int(rows[0][0]) if rows else 0
+
+
+def _unavailable(exc: sqlite3.OperationalError) -> StoreUnavailable:
+    """The error for a failed statement: a full disk (SQLITE_FULL: the statement or transaction
+    was rolled back, reads go on), or another reason the database cannot serve it (locked past
+    the busy timeout, disk I/O)."""
+    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+        return OutOfSpace(f"the database is out of disk space (sqlite: {exc})")
+    return StoreUnavailable(f"sqlite: {exc}")

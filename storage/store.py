@@ -13,6 +13,7 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 
 from storage.model import (
     Change,
@@ -23,6 +24,7 @@ from storage.model import (
     Variable,
     WriteResult,
 )
+from storage.snapshot import Image, Snapshot
 from storage.url import DatabaseURL
 
 log = logging.getLogger("var_keeper.db")
@@ -123,13 +125,19 @@ class Store(ABC):
 
     @abstractmethod
     def list_folder(
-        self, prefix: str, delimiter: str, after: str | None, limit: int, with_values: bool
+        self,
+        prefix: str,
+        delimiter: str,
+        after: str | None,
+        limit: int,
+        with_values: bool,
+        value_chars: int | None = None,
     ) -> list[Variable | str]:
         """One level of the hierarchy under ``prefix``: the variables directly under it and
         the sub-prefixes one level down (each a str ending with ``delimiter``, once), in name
         order, after ``after`` (a variable's name or a sub-prefix: keyset pagination over
-        both). Index range scans: one a page, plus one for each sub-prefix on it that holds
-        more names than the rest of the page."""
+        both); ``value_chars`` as for ``list``. Index range scans: one a page, plus one for
+        each sub-prefix on it that holds more names than the rest of the page."""
 
     @abstractmethod
     def state(self, name: str) -> tuple[Variable | None, int]:
@@ -250,6 +258,30 @@ class Store(ABC):
     @abstractmethod
     def first_seq(self) -> int | None:
         """The seq of the oldest retained change, None if none is retained."""
+
+    @abstractmethod
+    def snapshot(self) -> AbstractContextManager[Snapshot]:
+        """``with store.snapshot() as view``: the whole store as it was at one instant, read
+        in one read transaction (writers go on meanwhile), with the change log's position at
+        that instant (``view.seq``): the view holds exactly the changes up to it."""
+
+    @abstractmethod
+    def load_image(self, image: Image) -> None:
+        """Write a whole store's content (variables, retained log, position, watermark) into
+        this one, which must be empty (``storage.snapshot.NotEmpty`` otherwise)."""
+
+    @abstractmethod
+    def pruned_through(self) -> int:
+        """The highest seq retention has removed (0: none; a database upgraded from a release
+        without this record counts every change before the upgrade as possibly removed).
+        Changes after it are all retained; expiries and deletes are changes, not removals."""
+
+    @abstractmethod
+    def changes_and_watermark(
+        self, after_seq: int, upto_seq: int, prefix: str, limit: int
+    ) -> tuple[list[Change], int]:
+        """``changes_since``, and ``pruned_through`` as of that read: if it is not above
+        ``after_seq``, no change of the window is missing."""
 
     @abstractmethod
     def sweep(self, keep_versions: int, keep_days: float, batch: int) -> SweepResult:

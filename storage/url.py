@@ -46,7 +46,11 @@ class DatabaseURL:
             raise ValueError("the database name in DATABASE_URL may use only letters, digits and _")
         password = unquote(parts.password or "")
         if password_file:
-            password = Path(password_file).read_text(encoding="utf-8").rstrip("\r\n")
+            try:
+                password = Path(password_file).read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                detail = exc.strerror or exc
+                raise ValueError(f"DATABASE_PASSWORD_FILE={password_file}: {detail}") from exc
         # urlsplit knows one host only: split "h1:3306,h2:3306" ourselves.
         host_part = parts.netloc.rpartition("@")[2]
         hosts = tuple(_host_and_port(h) for h in host_part.split(",")) if host_part else ()

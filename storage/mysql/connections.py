@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import mysql.connector
 
-from storage.model import StoreUnavailable
+from storage.model import OutOfSpace, StoreUnavailable
 from storage.pool import ConnectionPool
 from storage.url import DatabaseURL
 
@@ -51,6 +51,11 @@ class NotApplied(StoreUnavailable):
 # on wait_timeout before closing).
 _CONNECTION_LOST = {2006, 2013, 2055, 1927, 4031, 1053}
 _TIMEOUTS = {1205, 3024, 1969}  # lock wait timeout; MySQL / MariaDB statement time limit
+# Out of disk space: 1114 "The table is full" (InnoDB cannot extend a tablespace), 1021 "Disk
+# full"; and file errors (3 "Error writing file", 1030 "Got error from storage engine") when
+# their OS error is 28, ENOSPC. The statement is rolled back; the connection stays usable.
+_OUT_OF_SPACE = {1114, 1021}
+_FILE_ERRORS = {3, 1030}
 # Run on every new connection; the value is an int computed from DATABASE_TIMEOUT, never input.
 _LOCK_WAIT_SQL = "SET SESSION innodb_lock_wait_timeout = {seconds}, lock_wait_timeout = {seconds}"
 
@@ -270,6 +275,10 @@ class MySQLConnections:
                     lease.broken = True
                     self._mark_down(self._host_of.get(lease.conn, (0, 0.0))[0])
                     raise ConnectionLost(describe(exc)) from exc
+                if errno in _OUT_OF_SPACE or (errno in _FILE_ERRORS and _enospc(exc)):
+                    raise OutOfSpace(
+                        f"the database is out of disk space ({describe(exc)})"
+                    ) from exc
                 if errno in _TIMEOUTS:
                     lease.broken = True  # the statement may still hold the connection busy
                     raise StoreUnavailable(f"the database timed out ({describe(exc)})") from exc
@@ -381,6 +390,11 @@ def _idle_alive(conn: Any, last_used: float) -> bool:
     except (OSError, ValueError):
         return False
     return not readable
+
+
+def _enospc(exc: Exception) -> bool:
+    msg = str(getattr(exc, "msg", exc))
+    return any(sign in msg for sign in ("No space left", "Errcode: 28", "errno: 28", "error 28 "))
 
 
 def describe(exc: Exception) -> str:

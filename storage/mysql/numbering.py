@@ -77,7 +77,13 @@ def _number_batch(cur: Any) -> int:
         )
         more = [(int(i), bytes(name), int(version)) for i, name, version in cur.fetchall()]
         rows = with_earlier_versions(rows, more)
-    ids = in_version_order(rows)
+    give_seqs(cur, last, in_version_order(rows))
+    return read
+
+
+def give_seqs(cur: Any, last: int, ids: list[int]) -> None:
+    """In the caller's transaction, which holds the counter at ``last``: give the entries
+    ``ids`` the seqs last+1, last+2, ... in that order, and move the counter past them."""
     marks = ", ".join(["%s"] * len(ids))
     # FIELD(id, a, b, ...) is id's 1-based position in the list: seq last+1, last+2, ...
     cur.execute(
@@ -88,7 +94,6 @@ def _number_batch(cur: Any) -> int:
     if cur.rowcount != len(ids):  # numbered by another process meanwhile: undone
         raise NotApplied("the change log was numbered by another process meanwhile")
     cur.execute("UPDATE var_seq SET n = %s WHERE id = 1", (last + len(ids),))
-    return read
 
 
 def with_earlier_versions(

@@ -68,6 +68,13 @@ CREATE TABLE IF NOT EXISTS var_seq (
     n BIGINT UNSIGNED NOT NULL
 ) ENGINE=InnoDB
 """
+# One row: the highest seq retention has removed (``Store.pruned_through``).
+_PRUNED_TABLE = """
+CREATE TABLE IF NOT EXISTS var_pruned (
+    id TINYINT UNSIGNED NOT NULL PRIMARY KEY,
+    seq BIGINT UNSIGNED NOT NULL
+) ENGINE=InnoDB
+"""
 _SCHEMA_TABLE = """
 CREATE TABLE IF NOT EXISTS var_schema (
     id TINYINT UNSIGNED NOT NULL PRIMARY KEY,
@@ -177,12 +184,22 @@ def _add_change_txn(cur: Any) -> str:
     return _alter(cur, statement, "var_changes", "txn")
 
 
+def _add_pruned_through(cur: Any) -> str:
+    """Step 6: the retention watermark. A log of an earlier release may have lost any entry
+    so far: its watermark starts at the last seq given. INSERT IGNORE: another instance may
+    have added the row meanwhile."""
+    cur.execute(_PRUNED_TABLE)
+    cur.execute("INSERT IGNORE INTO var_pruned (id, seq) SELECT 1, n FROM var_seq WHERE id = 1")
+    return MIGRATED if cur.rowcount else UP_TO_DATE
+
+
 STEPS = (
     Step(1, "the vars table", _create_vars),
     Step(2, "vars.expires_at", _add_expiry),
     Step(3, "the change log (var_changes, var_seq)", _add_change_log),
     Step(4, "var_changes.id: entries numbered after the commit", _add_change_ids),
     Step(5, "var_changes.txn", _add_change_txn),
+    Step(6, "the retention watermark (var_pruned)", _add_pruned_through),
 )
 
 

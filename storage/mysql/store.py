@@ -9,6 +9,7 @@ new name) and its change-log entry, which gets its seq after the commit
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 from storage import queries
@@ -16,6 +17,8 @@ from storage.dialect import MYSQL
 from storage.model import Change, PreconditionFailed, StoreError, WriteResult
 from storage.mysql import numbering, schema
 from storage.mysql.connections import MySQLConnections
+from storage.mysql.snapshot import consistent_snapshot
+from storage.snapshot import Snapshot
 from storage.sql import SQLStore, WriteOptions
 from storage.url import DatabaseURL
 
@@ -64,6 +67,9 @@ class MySQLStore(SQLStore):
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self.connections.query(sql, params)
+
+    def snapshot(self) -> AbstractContextManager[Snapshot]:
+        return consistent_snapshot(self.connections)
 
     def _write(self, sql: str, params: Sequence[Any] = ()) -> int:
         return self.connections.execute(sql, params)[0]
