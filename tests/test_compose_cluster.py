@@ -130,6 +130,8 @@ def test_app_replicas_reach_all_three_nodes_with_the_password_from_a_secret(
     assert url.hosts == tuple((name, 3306) for name in GALERA)
     assert (url.user, url.password, url.database) == ("var_keeper", "", "vars")
     assert app["environment"]["DATABASE_PASSWORD_FILE"] == "/run/secrets/db_password"
+    # One session key for every replica: a page session reaches whichever one answers.
+    assert app["environment"]["SECRET_KEY_FILE"] == "/run/secrets/session_key"
     assert app["depends_on"] == {"galera1": {"condition": "service_healthy"}}
     assert "ports" not in app
 
