@@ -1,13 +1,13 @@
 """The command line: ``flask --app app init-db``, ``export`` and ``import``.
 
-Each uses ``DATABASE_URL`` like the server. An export is plain UTF-8 JSON,
-``{"format": "var_keeper/1", "variables": [{"name", "value"}, ...]}`` in name order; an import
-loads one back, idempotently, in batches.
+Each uses ``DATABASE_URL`` like the server. An export is one consistent snapshot as plain UTF-8
+JSON (``backup``): the variables in name order and the change log's position, with
+``--with-history`` the retained log too. An import loads the variables back, idempotently, in
+batches; a file with history is restored whole (log, versions, times) into an empty database.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Iterator
@@ -17,10 +17,10 @@ import click
 from flask import Flask
 from flask.cli import with_appcontext
 
+import backup
 import db
+from storage.snapshot import Image, NotEmpty
 
-EXPORT_FORMAT = "var_keeper/1"
-_PAGE = 1000
 _BATCH_ITEMS = 500
 _BATCH_BYTES = 4 * 1024 * 1024  # well under max_allowed_packet (16 MiB on MariaDB, 64 on MySQL)
 
@@ -52,39 +52,50 @@ def _ready_store() -> db.Store:
 
 @click.command("export")
 @click.argument("file", type=click.File("w", encoding="utf-8", lazy=True), default="-")
+@click.option("--with-history", is_flag=True, help="Include the retained change log.")
 @with_appcontext
-def export_command(file: Any) -> None:
+def export_command(file: Any, with_history: bool) -> None:
     """Write every variable to FILE (default: standard output) as JSON.
 
-    Values are plain UTF-8 strings: {"format": "var_keeper/1", "variables": [{"name": ...,
-    "value": ...}, ...]}, in name order. Without concurrent writes it is an exact snapshot;
-    with them, each variable is exported as it was when its page was read.
+    One consistent snapshot, however much is written meanwhile: {"format": "var_keeper/1",
+    "seq": N, "variables": [{"name": ..., "value": ...}, ...]} in name order, values plain
+    UTF-8 strings; N is the change log's position at that instant (a watcher that resumes
+    from it, Last-Event-ID: N, gets every later change). --with-history adds each variable's
+    version and times, and every retained change.
     """
     store = _ready_store()
-    file.write(f'{{"format": "{EXPORT_FORMAT}", "variables": [')
-    separator, after, count = "\n", None, 0
-    with click.progressbar(length=store.count(), label="exporting", file=sys.stderr) as bar:
-        while True:
-            page = store.list("", after, _PAGE, with_values=True)
-            for var in page:
-                entry = json.dumps({"name": var.name, "value": var.value}, ensure_ascii=False)
-                file.write(separator + entry)
-                separator = ",\n"
-            bar.update(len(page))
-            count += len(page)
-            if len(page) < _PAGE:
-                break
-            after = page[-1].name
-    file.write("\n]}\n")
-    click.echo(f"exported {count} variables from {store.url}", err=True)
+    try:
+        with store.snapshot() as view:
+            length = view.count()
+            with click.progressbar(length=length, label="exporting", file=sys.stderr) as bar:
+                count, changes = backup.write(file, view, with_history, bar.update)
+    except db.StoreUnavailable as exc:
+        raise click.ClickException(f"export from {store.url} failed: {exc}") from exc
+    history = f" and {changes} changes" if with_history else ""
+    click.echo(f"exported {count} variables{history} from {store.url} at seq {view.seq}", err=True)
 
 
 @click.command("import")
 @click.argument("file", type=click.File("r", encoding="utf-8"), default="-")
+@click.option(
+    "--without-history", is_flag=True, help="Of a file with history, load the variables only."
+)
 @with_appcontext
-def import_command(file: Any) -> None:
-    """Load variables from FILE (written by export). Idempotent: unchanged ones are untouched."""
-    items = _read_export(file)
+def import_command(file: Any, without_history: bool) -> None:
+    """Load variables from FILE (written by export). Idempotent: unchanged ones are untouched.
+
+    A file exported --with-history is restored whole into an empty database: variables with
+    their versions and times, the change log with its seqs, so that watchers and ETags carry
+    on as they were at the export.
+    """
+    try:
+        loaded = backup.read(file)
+    except backup.BadExport as exc:
+        raise click.ClickException(str(exc)) from exc
+    if loaded.image is not None and not without_history:
+        _restore(loaded.image)
+        return
+    items = loaded.items
     store = _ready_store()
     created = updated = 0
     with click.progressbar(length=len(items), label="importing", file=sys.stderr) as bar:
@@ -100,24 +111,22 @@ def import_command(file: Any) -> None:
     )
 
 
-def _read_export(file: Any) -> list[tuple[str, str]]:
+def _restore(image: Image) -> None:
+    store = _ready_store()
     try:
-        data = json.load(file)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise click.ClickException(f"not a var_keeper export: {exc}") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("variables"), list):
-        raise click.ClickException('not a var_keeper export: expected {"variables": [...]}')
-    items: list[tuple[str, str]] = []
-    for index, entry in enumerate(data["variables"]):
-        name = entry.get("name") if isinstance(entry, dict) else None
-        value = entry.get("value") if isinstance(entry, dict) else None
-        if not isinstance(name, str) or not isinstance(value, str):
-            raise click.ClickException(f"variable #{index}: needs a string name and value")
-        problem = db.name_problem(name)
-        if problem:
-            raise click.ClickException(f"variable #{index} ({name!r}): {problem}")
-        items.append((name, value))
-    return items
+        store.load_image(image)
+    except NotEmpty as exc:
+        raise click.ClickException(
+            f"cannot restore the history into {store.url}: {exc}. Import into an empty "
+            "database, or load the variables only with --without-history"
+        ) from exc
+    except db.StoreUnavailable as exc:
+        raise click.ClickException(f"restore into {store.url} failed: {exc}") from exc
+    click.echo(
+        f"restored {len(image.variables)} variables and {len(image.changes)} changes into "
+        f"{store.url}; its change log continues from seq {image.seq}",
+        err=True,
+    )
 
 
 def _batches(items: list[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]:

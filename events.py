@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response
 
+import access
 import db
 import inputs
 import watch
@@ -30,7 +31,9 @@ PAGE = 100  # changes read from the store at a time
 
 def long_poll(name: str, wait: float, after: int | None) -> Response:
     """Answer as soon as ``name`` is at a version newer than ``after`` (by default the version
-    it is at now): 200 with it, 404 if it is gone; or 304 once ``wait`` seconds passed."""
+    it is at now): 200 with it, 404 if that change deleted or expired it; or 304 once ``wait``
+    seconds passed without one. A name that does not exist (yet) is waited for like any other:
+    200 once it is created, else 304 (with the ETag of its last change, if it ever had one)."""
     store, feed = db.ready_store(), watch.get_feed()
     deadline = time.monotonic() + wait
     # The seq first, then the state: a change after the read has a seq above it.
@@ -43,10 +46,8 @@ def long_poll(name: str, wait: float, after: int | None) -> Response:
             timeout = min(timeout, (var.expires_at - datetime.now(UTC)).total_seconds())
         top = feed.wait(seen, lambda changed: changed == name, max(timeout, 0))
         if (top is None and time.monotonic() >= deadline) or feed.stopping():
-            if var is None:  # still absent: a 404, with the ETag of its last change
-                headers = {"ETag": etag(version)} if version else {}
-                raise ApiError(404, "not_found", f"no variable named {name!r}", headers)
-            return no_cache(Response(status=304), version)
+            # Nothing changed since ``after``: 304, whether the name exists or not.
+            return no_cache(Response(status=304), version or None)
         seen = top if top is not None else seen
         var, version = store.state(name)
     if var is None:
@@ -62,9 +63,10 @@ def stream() -> Response:
     store, feed = db.ready_store(), watch.get_feed()
     last = query.last_seq
     head = store.numbered_last_seq()
-    first = store.first_seq() if last is not None and last < head else None
+    # Only the changes the caller's token may read (by the policy in force at each event).
+    visible = access.read_filter()
     response = Response(
-        _event_stream(store, feed, query.prefix, last, head, first),
+        _event_stream(store, feed, query.prefix, last, head, visible),
         mimetype="text/event-stream",
     )
     no_cache(response)
@@ -78,31 +80,44 @@ def _sse(event: str | None, seq: int, data: dict[str, Any]) -> str:
     return f"{head}id: {seq}\ndata: {body}\n\n"
 
 
+def _resync(seq: int, why: str) -> str:
+    reason = f"{why}: read the current state, then carry on from this event"
+    return _sse("resync", seq, {"seq": seq, "reason": reason})
+
+
 def _event_stream(
     store: db.Store,
     feed: watch.ChangeFeed,
     prefix: str,
     last: int | None,
     head: int,
-    first: int | None,
+    visible: Callable[[str], bool] = lambda name: True,
 ) -> Iterator[str]:
-    """The events after ``last`` (or ``head``), forever; a ``resync`` event first when the
-    changes since ``last`` are no longer all retained (or ``last`` is not a seq we issued)."""
+    """The events after ``last`` (or ``head``), forever. Every change, or a ``resync`` event
+    where some are missing: when ``last`` is not a seq we issued, and whenever retention
+    removed a change after the stream's position before the stream read it (resuming from
+    long ago, or a stream that lags behind the pruning). The client then reads the current
+    state and carries on from the resync's id."""
     yield f"retry: {RETRY_MS}\n\n"
     after = head if last is None else last
-    if last is not None and (last > head or (last < head and (first is None or first > last + 1))):
-        reason = "the changes since that event are no longer retained: read the current state"
-        yield _sse("resync", head, {"seq": head, "reason": reason})
+    if last is not None and last > head:
+        yield _resync(head, "that event is not one this database issued")
         after = head
     upto = head
 
     def matches(name: str) -> bool:
-        return name.startswith(prefix)
+        return name.startswith(prefix) and visible(name)
 
     while not feed.stopping():
-        changes = store.changes_since(after, upto, prefix, PAGE)
+        changes, pruned_through = store.changes_and_watermark(after, upto, prefix, PAGE)
+        if pruned_through > after:  # read in the same snapshot as the window
+            head = store.numbered_last_seq()  # at least pruned_through
+            yield _resync(head, "changes after that event are no longer retained")
+            after, upto = head, max(upto, head)
+            continue
         for change in changes:
-            yield _sse(None, change.seq, change_dict(change))
+            if visible(change.name):
+                yield _sse(None, change.seq, change_dict(change))
         if len(changes) == PAGE:
             after = changes[-1].seq
             continue
