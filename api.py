@@ -1,5 +1,6 @@
-"""The variables API: ``/var/<name>`` (GET, HEAD, PUT, POST, DELETE), ``/var`` (listing and
-batch read), the probes ``/healthz`` and ``/readyz``, and ``/openapi.json``, the contract.
+"""The variables API: ``/var/<name>`` (GET, HEAD, PUT, POST, DELETE), ``/var`` (listing, one
+folder level, env/shell export, batch read; DELETE: a subtree), the probes ``/healthz`` and
+``/readyz``, and ``/openapi.json``, the contract.
 
 Views are short: ``inputs`` parses the request, the store does the work, ``responses`` shapes
 the answer. Watching (``?wait=`` and ``/events``) is in ``events.py``.
@@ -7,14 +8,18 @@ the answer. Watching (``?wait=`` and ``/events``) is in ``events.py``.
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Sequence
 from urllib.parse import quote, urlencode
 
 from flask import Blueprint, Response, current_app, g, request, send_file
 from werkzeug.routing import PathConverter
 
+import access
 import db
 import events
+import exports
 import inputs
 from errors import ApiError, error_response
 from responses import (
@@ -22,6 +27,7 @@ from responses import (
     etag,
     json_response,
     no_cache,
+    no_content,
     text_response,
     variable_dict,
     variable_response,
@@ -29,6 +35,7 @@ from responses import (
 )
 
 bp = Blueprint("api", __name__)
+log = logging.getLogger("var_keeper")
 
 
 class NameConverter(PathConverter):
@@ -49,10 +56,14 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
+    """200 once the database answers and the schema is ready. Open to anyone, so the reason
+    it is not goes to the server log only: a database's error names its accounts and hosts."""
     try:
         db.ready_store().ping()
     except db.StoreUnavailable as exc:
-        return error_response(503, "not_ready", f"not ready: {exc}")
+        log.warning("GET /readyz: not ready: %s", exc)
+        message = "not ready: the database is unavailable (the server log says why)"
+        return error_response(503, "not_ready", message)
     return text_response("ready\n")
 
 
@@ -105,7 +116,7 @@ def delete_var(name: str) -> Response:
         ) from exc
     if not deleted:
         raise ApiError(404, "not_found", f"no variable named {name!r}")
-    return Response(status=204)
+    return no_content()
 
 
 def _write(name: str, created_status: int) -> Response:
@@ -178,22 +189,103 @@ def list_vars() -> Response:
     query = inputs.list_query()
     if query.names:
         return _batch(query.names)
-    # One row more than a page tells whether there is a next page.
-    items = db.ready_store().list(query.prefix, query.after, query.limit + 1, query.with_values)
+    if query.export_format:
+        return _export(query.prefix, query.export_format)
+    store = db.ready_store()
+    # One entry more than a page tells whether there is a next page.
+    entries: Sequence[db.Variable | str]
+    if query.delimiter:
+        entries = store.list_folder(
+            query.prefix, query.delimiter, query.after, query.limit + 1, query.with_values
+        )
+    else:
+        entries = store.list(query.prefix, query.after, query.limit + 1, query.with_values)
     next_url = None
-    if len(items) > query.limit:
-        items = items[: query.limit]
-        page = {"prefix": query.prefix, "limit": query.limit, "after": items[-1].name}
-        if query.with_values:
-            page["values"] = "true"
-        next_url = "/var?" + urlencode({k: v for k, v in page.items() if v != ""}, quote_via=quote)
-    response = json_response({"variables": [variable_dict(v) for v in items], "next": next_url})
+    if len(entries) > query.limit:
+        entries = entries[: query.limit]
+        next_url = _next_page(query, entries[-1])
+    entries = access.visible(entries)  # after the cut: the next page goes on from the last read
+    body: dict[str, object] = {
+        "variables": [variable_dict(e) for e in entries if not isinstance(e, str)]
+    }
+    if query.delimiter:
+        body["prefixes"] = [e for e in entries if isinstance(e, str)]
+    response = json_response({**body, "next": next_url})
     if next_url:
         response.headers["Link"] = f'<{next_url}>; rel="next"'
     return response
 
 
+def _next_page(query: inputs.ListQuery, last: db.Variable | str) -> str:
+    """The URL of the page after ``last`` (a name, or a folder's sub-prefix)."""
+    page = {
+        "prefix": query.prefix,
+        "delimiter": query.delimiter or "",
+        "limit": query.limit,
+        "after": last if isinstance(last, str) else last.name,
+    }
+    if query.with_values:
+        page["values"] = "true"
+    return "/var?" + urlencode({k: v for k, v in page.items() if v != ""}, quote_via=quote)
+
+
+@bp.delete("/var")
+def delete_subtree() -> Response:
+    """Delete every variable under a prefix, in one transaction, up to MAX_SUBTREE_VARIABLES;
+    above it nothing (409: the request is fine, there is too much under it right now)."""
+    prefix = inputs.subtree_prefix()
+    access.require_everything_under(prefix, "write")
+    limit = inputs.MAX_SUBTREE_VARIABLES
+    try:
+        count = db.ready_store().delete_prefix(prefix, limit=limit, actor=g.get("actor"))
+    except db.TooMany as exc:
+        raise ApiError(
+            409,
+            "too_many_variables",
+            f"{exc.count} variables start with {prefix!r}, more than the {exc.limit} one "
+            "request may delete: nothing was deleted; delete narrower prefixes",
+            details={"count": exc.count, "limit": exc.limit},
+        ) from exc
+    return json_response({"prefix": prefix, "deleted": count})
+
+
+def _export(prefix: str, export_format: str) -> Response:
+    """Every variable under ``prefix`` as an env or shell file (exports.py), read in one
+    statement (one snapshot); 409 listing every variable that cannot be written. An export is
+    all or nothing: 403 unless the token may read everything under the prefix."""
+    access.require_everything_under(prefix, "read")
+    limit = inputs.MAX_SUBTREE_VARIABLES
+    variables = db.ready_store().list(prefix, None, limit + 1, True)
+    if len(variables) > limit:
+        raise ApiError(
+            409,
+            "too_many_variables",
+            f"more than {limit} variables start with {prefix!r}: export narrower prefixes",
+            details={"limit": limit},
+        )
+    try:
+        body = exports.render(variables, prefix, export_format)
+    except exports.NotExportable as exc:
+        listed = "; ".join(f"{o.name!r}: {' and '.join(o.reasons)}" for o in exc.offenders)
+        raise ApiError(
+            409,
+            "not_exportable",
+            f"{len(exc.offenders)} variables cannot be written as {export_format} "
+            f"(nothing was): {listed}",
+            details={"offenders": [{"name": o.name, "reasons": o.reasons} for o in exc.offenders]},
+        ) from exc
+    response = text_response(body)
+    response.headers["Cache-Control"] = "no-store"  # configuration, often secrets
+    return response
+
+
 def _batch(names: list[str]) -> Response:
-    found = db.ready_store().get_many(sorted(set(names)))
-    missing = sorted(set(names) - {v.name for v in found})
-    return json_response({"variables": [variable_dict(v) for v in found], "missing": missing})
+    """The names asked for: found, missing, and (access control on) those the token may not
+    read, in ``denied`` (neither read nor said to exist)."""
+    readable, denied = access.split_readable(sorted(set(names)))
+    found = db.ready_store().get_many(readable)
+    missing = sorted(set(readable) - {v.name for v in found})
+    body = {"variables": [variable_dict(v) for v in found], "missing": missing}
+    if denied:
+        body["denied"] = denied
+    return json_response(body)

@@ -3,10 +3,12 @@
 ``create_app()`` reads the settings from the environment into ``app.config`` and assembles the
 parts, one module each:
 
-- ``api.py``: the variables API (``/var``, probes, ``/openapi.json``); ``events.py``: watching
-  (long-poll, ``/events``); ``web.py``: the web page at ``/``.
+- ``api.py``: the variables API (``/var``, probes, ``/openapi.json``); ``txn.py``: transactions
+  (``/txn``); ``exports.py``: env and shell files; ``events.py``: watching (long-poll,
+  ``/events``); ``web.py``: the web page at ``/``.
 - ``inputs.py``: what a request may carry; ``responses.py``: what an answer looks like;
-  ``errors.py``: errors as the client sees them; ``access.py``: bearer tokens.
+  ``errors.py``: errors as the client sees them; ``access.py``: who may do what (the policy
+  itself: ``policy.py``); ``signin.py``: the page's sessions and forms.
 - ``db.py``: the store; ``watch.py``: background work (schema, sweeper, change feed);
   ``observability.py``: request ids and metrics; ``cli.py``: init-db, export, import.
 
@@ -31,6 +33,8 @@ import errors
 import events
 import inputs
 import observability
+import signin
+import txn
 import watch
 import web
 
@@ -54,13 +58,16 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     cli.init_app(app)
     # The order of the before-request hooks: request id and timer, then the token, then the path.
     observability.init_app(app)
+    signin.init_app(app)
     access.init_app(app)
     app.before_request(strict_path)
     app.after_request(security_headers)
     errors.init_app(app)
     app.register_blueprint(api.bp)
+    app.register_blueprint(txn.bp)
     app.register_blueprint(events.bp)
     app.register_blueprint(web.bp)
+    app.register_blueprint(signin.bp)
     watch.init_app(app)
     return app
 
@@ -75,6 +82,8 @@ def settings_from_env(instance_path: str) -> dict[str, Any]:
         "DATABASE_TIMEOUT": _env_int("DATABASE_TIMEOUT", 10),
         "DATABASE_POOL_SIZE": _env_int("DATABASE_POOL_SIZE", 16),
         "MAX_VALUE_BYTES": _env_int("MAX_VALUE_BYTES", 1024 * 1024),
+        # The largest POST /txn body: its values together, plus their JSON escapes.
+        "MAX_TXN_BYTES": _env_int("MAX_TXN_BYTES", 16 * 1024 * 1024),
         # Change-log retention: a change goes once it is more than this many versions behind
         # its name's newest, or older than this many days, whichever comes first.
         "HISTORY_KEEP_VERSIONS": _env_int("HISTORY_KEEP_VERSIONS", 100),
@@ -85,6 +94,12 @@ def settings_from_env(instance_path: str) -> dict[str, Any]:
         "WATCH_POLL_INTERVAL": _env_float("WATCH_POLL_INTERVAL", 0.2),
         "READ_TOKENS": _tokens("READ_TOKENS"),
         "WRITE_TOKENS": _tokens("WRITE_TOKENS"),
+        "ACCESS_POLICY_FILE": os.environ.get("ACCESS_POLICY_FILE") or None,
+        # Signs the page's session cookies: every worker and instance must share it.
+        "SECRET_KEY": _secret_key(),
+        "SESSION_LIFETIME": _env_int("SESSION_LIFETIME", 12 * 3600),
+        # Failed sign-ins a client may make a minute (per worker) before it has to wait.
+        "SIGNIN_MAX_FAILURES": _env_int("SIGNIN_MAX_FAILURES", 5),
     }
 
 
@@ -107,9 +122,32 @@ def _tokens(name: str) -> list[str]:
     tokens = os.environ.get(name, "").split(",")
     path = os.environ.get(f"{name}_FILE")
     if path:
-        with open(path, encoding="utf-8") as secret:
-            tokens += secret.read().splitlines()
+        tokens += read_setting_file(f"{name}_FILE", path).splitlines()
     return [token.strip() for token in tokens if token.strip()]
+
+
+def read_setting_file(setting: str, path: str) -> str:
+    """The text of the file a ``*_FILE`` setting names. One that cannot be read is a
+    ValueError naming the setting and the file: one line at start-up, not a traceback."""
+    try:
+        with open(path, encoding="utf-8") as secret:
+            return secret.read()
+    except OSError as exc:
+        raise ValueError(f"{setting}={path}: {exc.strerror or exc}") from exc
+
+
+def _secret_key() -> str | None:
+    """SECRET_KEY, else the file SECRET_KEY_FILE names, else the one gunicorn.conf.py made for
+    this server's workers (signin.py warns about it), else None (signin.py makes one)."""
+    if os.environ.get("SECRET_KEY"):
+        return os.environ["SECRET_KEY"]
+    path = os.environ.get("SECRET_KEY_FILE")
+    if path:
+        key = read_setting_file("SECRET_KEY_FILE", path).strip()
+        if not key:
+            raise ValueError(f"SECRET_KEY_FILE {path} is empty")
+        return key
+    return os.environ.get(signin.GENERATED_SECRET_KEY) or None
 
 
 # --- App-wide hooks
@@ -122,6 +160,8 @@ def strict_path() -> None:
 
 def security_headers(response: Response) -> Response:
     response.headers["X-Content-Type-Options"] = "nosniff"
+    # CSP's frame-ancestors 'none', for browsers that predate it.
+    response.headers["X-Frame-Options"] = "DENY"
     response.headers.setdefault(
         "Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"
     )
@@ -129,13 +169,18 @@ def security_headers(response: Response) -> Response:
 
 
 def main() -> None:
-    """``python app.py``: serve with gunicorn and ``gunicorn.conf.py``, never Flask's dev server."""
-    from gunicorn.app.wsgiapp import WSGIApplication
+    """``python app.py``: serve with gunicorn and ``gunicorn.conf.py``, never Flask's dev server.
 
+    The process becomes ``python -m gunicorn`` (exec: same PID, so it stays PID 1 in a
+    container): as ``__main__`` this module has imported prometheus_client already, before
+    gunicorn.conf.py could set PROMETHEUS_MULTIPROC_DIR, and workers forked from it would count
+    into their own memory while ``/metrics`` reads the shared directory (and finds nothing).
+    """
     here = os.path.dirname(os.path.abspath(__file__))
     os.chdir(here)
-    sys.argv = ["gunicorn", "--config", os.path.join(here, "gunicorn.conf.py"), "app:app"]
-    WSGIApplication("%(prog)s [OPTIONS] [APP_MODULE]").run()
+    config = os.path.join(here, "gunicorn.conf.py")
+    args = [sys.executable, "-m", "gunicorn", "--config", config, "app:app"]
+    os.execv(sys.executable, args)  # noqa: S606 - our own interpreter, fixed arguments
 
 
 def __getattr__(name: str) -> Flask:
@@ -145,7 +190,16 @@ def __getattr__(name: str) -> Flask:
     database."""
     if name != "app":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()["app"] = built = create_app()
+    try:
+        built = create_app()
+    except ValueError as exc:
+        # A setting that cannot be used (a missing secret file, a bad DATABASE_URL): gunicorn
+        # prints an AppImportError as one line and stops, instead of a traceback per worker
+        # and "Worker failed to boot" (the traceback: --log-level debug).
+        from gunicorn.errors import AppImportError
+
+        raise AppImportError(f"var_keeper cannot start: {exc}") from exc
+    globals()["app"] = built
     return built
 
 

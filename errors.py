@@ -1,16 +1,18 @@
 """Errors as the client sees them: ``ApiError`` and the app's error handlers.
 
 Every error is one line of text, or ``{"error": "<stable code>", "message": "..."}`` when the
-client prefers JSON; the codes are listed in openapi.json. Whatever a view or the database
-raises ends here, so no traceback ever reaches a client.
+client prefers JSON, with the error's ``details`` as more members where it has some (a failed
+check's ``index``, an export's ``offenders``); the codes are listed in openapi.json. Whatever a
+view or the database raises ends here, so no traceback ever reaches a client.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
-from flask import Flask, Response, current_app, request
+from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 import db
@@ -27,16 +29,25 @@ class ApiError(Exception):
     """
 
     def __init__(
-        self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: Mapping[str, str] | None = None,
+        details: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.headers = dict(headers or {})
+        # More members of the JSON body, for a program (a failed check's index, ...).
+        self.details = dict(details or {})
 
 
-def error_response(status: int, code: str, message: str) -> Response:
+def error_response(
+    status: int, code: str, message: str, details: Mapping[str, Any] | None = None
+) -> Response:
     if wants_json():
-        return json_response({"error": code, "message": message}, status)
+        return json_response({"error": code, "message": message, **(details or {})}, status)
     return text_response(message + "\n", status)
 
 
@@ -48,7 +59,7 @@ def init_app(app: Flask) -> None:
 
 
 def handle_api_error(exc: ApiError) -> Response:
-    response = error_response(exc.status, exc.code, exc.message)
+    response = error_response(exc.status, exc.code, exc.message, exc.details)
     response.headers.update(exc.headers)
     return response
 
@@ -56,6 +67,11 @@ def handle_api_error(exc: ApiError) -> Response:
 def handle_unavailable(exc: db.StoreUnavailable) -> Response:
     log.warning("database unavailable: %s", exc)
     observability.DATABASE_ERRORS.labels(db.get_store().kind).inc()
+    if isinstance(exc, db.OutOfSpace):
+        # 507 Insufficient Storage: nothing was written; reads go on, and writes succeed
+        # again once space is freed. Not Retry-After: freeing space takes an operator.
+        message = "the database is out of disk space: nothing was written; reads still work"
+        return error_response(507, "insufficient_storage", message)
     response = error_response(503, "database_unavailable", f"the database is unavailable: {exc}")
     response.headers["Retry-After"] = "1"
     return response
@@ -69,7 +85,8 @@ def handle_http_error(exc: HTTPException) -> Response:
     messages = {
         404: "not found: variables live under /var/<name>",
         405: f"method {request.method} is not allowed here",
-        413: f"the request body is larger than {current_app.config['MAX_CONTENT_LENGTH']} bytes",
+        # request.max_content_length: the app's, or the one a view set (POST /txn).
+        413: f"the request body is larger than {request.max_content_length} bytes",
     }
     status = exc.code or 500
     code = _HTTP_CODES.get(status, exc.name.lower().replace(" ", "_"))

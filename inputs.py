@@ -20,11 +20,16 @@ from urllib.parse import parse_qsl, unquote_to_bytes, urlsplit
 from flask import request
 
 import db
+import exports
 from errors import ApiError
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_BATCH = 1000  # names in one batch read
+MAX_TXN_OPERATIONS = 1000  # operations in one POST /txn; more is a 413
+# DELETE /var?prefix= and the env/shell exports act on at most this many variables at once:
+# beyond it nothing is deleted or written (409), and the client narrows the prefix.
+MAX_SUBTREE_VARIABLES = 10_000
 MAX_TTL_SECONDS = 999_999_999  # nine digits: about 31 years
 MAX_WAIT_SECONDS = 60  # a long-poll's wait; longer is a 400
 # A version fits the databases' 64-bit integers: a longer number cannot be one we issued.
@@ -67,16 +72,28 @@ def whole_number(raw: str) -> int | None:
 
 
 def check_raw_path(environ: Mapping[str, Any]) -> None:
-    """400 unless the path, as the client sent it, is valid UTF-8.
+    """400 unless the path, as the client sent it, is valid UTF-8 and the path and the query
+    string have no malformed percent-escape.
 
-    Werkzeug turns invalid UTF-8 in the path into U+FFFD, which would make a different name out
-    of it: the path is checked as the client sent it (gunicorn's RAW_URI).
+    Werkzeug turns invalid UTF-8 in the path into U+FFFD and keeps a ``%`` that starts no
+    escape (``/var/100%``, ``pct%zz``) as a literal, either of which would make a different
+    name out of it: the path is checked as the client sent it (gunicorn's RAW_URI), as a form
+    body is (``form_fields``).
     """
     raw_uri = environ.get("RAW_URI") or environ.get("REQUEST_URI")
     if raw_uri is None:
         raw = environ.get("PATH_INFO", "").encode("latin-1", "replace")
     else:
-        raw = unquote_to_bytes(urlsplit(raw_uri).path)
+        parts = urlsplit(raw_uri)
+        for where, text in (("path", parts.path), ("query string", parts.query)):
+            if _BAD_PERCENT.search(text):
+                raise ApiError(
+                    400,
+                    "invalid_escape",
+                    f"malformed percent-escape in the {where}: % must start an escape %XX "
+                    "(send a literal % as %25)",
+                )
+        raw = unquote_to_bytes(parts.path)
     _decode_utf8(raw, "path")
 
 
@@ -157,13 +174,17 @@ def read_query() -> ReadQuery:
 
 @dataclass(frozen=True, slots=True)
 class ListQuery:
-    """A listing (``prefix``, a page of ``limit`` after ``after``) or a batch read (``names``)."""
+    """A batch read (``names``); else an export of everything under ``prefix`` (in
+    ``export_format``); else a page of ``limit`` names under ``prefix`` after ``after``: all of
+    them, or with a ``delimiter`` one level (the variables and sub-prefixes just under it)."""
 
     limit: int
     with_values: bool
     names: list[str]
     prefix: str
     after: str | None
+    delimiter: str | None = None
+    export_format: str | None = None
 
 
 def list_query() -> ListQuery:
@@ -175,7 +196,48 @@ def list_query() -> ListQuery:
         raise ApiError(400, "too_many_names", f"ask for at most {MAX_BATCH} names at once")
     for name in names:
         check_name(name)
-    return ListQuery(limit, with_values, names, args.get("prefix", ""), args.get("after"))
+    delimiter = _delimiter(args["delimiter"]) if "delimiter" in args else None
+    export_format = args.get("format")
+    if export_format is not None and export_format not in exports.FORMATS:
+        raise ApiError(400, "invalid_parameter", "format must be env or shell")
+    prefix, after = args.get("prefix", ""), args.get("after")
+    return ListQuery(limit, with_values, names, prefix, after, delimiter, export_format)
+
+
+def subtree_prefix() -> str:
+    """``DELETE /var``: the prefix under which to delete every variable. The listing's
+    parameters are checked as on GET; "" (every variable) only with ``all=true``."""
+    query = list_query()
+    everything = _flag("all") if "all" in request.args else False
+    if "prefix" not in request.args:
+        raise ApiError(
+            400, "prefix_required", "say what to delete: DELETE /var?prefix=<names starting with>"
+        )
+    if query.prefix == "" and not everything:
+        raise ApiError(
+            400,
+            "prefix_required",
+            "an empty prefix would delete every variable: send ?prefix=&all=true to mean it",
+        )
+    return query.prefix
+
+
+def _delimiter(raw: str) -> str:
+    # The listing skips a sub-prefix by starting past delimiter + 1 (storage.queries.folder_skip):
+    # the code point after the delimiter must exist and not be a surrogate.
+    if (
+        len(raw) != 1
+        or ord(raw) < 0x20
+        or 0x7F <= ord(raw) < 0xA0
+        or ord(raw) + 1 in (0xD800, 0x110000)
+    ):
+        raise ApiError(
+            400,
+            "invalid_delimiter",
+            "delimiter must be exactly one character, and not a control character "
+            "(U+0000-U+001F, U+007F-U+009F), U+D7FF or U+10FFFF",
+        )
+    return raw
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,13 +418,17 @@ def _write_fields() -> dict[str, Any]:
     )
 
 
-def _json_fields(body: bytes) -> dict[str, Any]:
+def json_body(body: bytes) -> Any:
     try:
-        payload = json.loads(_decode_utf8(body, "JSON body"))
+        return json.loads(_decode_utf8(body, "JSON body"))
     except json.JSONDecodeError as exc:
         raise ApiError(
             400, "invalid_json", f"malformed JSON: {exc.msg} at position {exc.pos}"
         ) from exc
+
+
+def _json_fields(body: bytes) -> dict[str, Any]:
+    payload = json_body(body)
     if not isinstance(payload, dict) or ("value" not in payload and "restore" not in payload):
         raise ApiError(
             400, "missing_value", 'the JSON body must be an object like {"value": "..."}'
@@ -395,9 +461,17 @@ def _ttl(in_body: Any) -> float | None:
         return None
     if isinstance(raw, str) and _TTL_TEXT.fullmatch(raw):
         return float(raw)
+    return ttl_seconds(raw)
+
+
+def ttl_seconds(raw: Any) -> float:
+    """A JSON number of seconds from 0 to MAX_TTL_SECONDS."""
     numeric = isinstance(raw, int | float) and not isinstance(raw, bool)
     if numeric and math.isfinite(raw) and 0 <= raw <= MAX_TTL_SECONDS:
         return float(raw)
     raise ApiError(
-        400, "invalid_ttl", f"ttl must be a number of seconds from 0 to {MAX_TTL_SECONDS}"
+        400,
+        "invalid_ttl",
+        f"ttl must be a number of seconds from 0 to {MAX_TTL_SECONDS}, with at most 6 decimals "
+        "(such as 30 or 0.25)",
     )

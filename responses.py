@@ -61,12 +61,32 @@ def change_dict(change: db.Change) -> dict[str, Any]:
     data.update(seq=change.seq, changed_at=timestamp(change.changed_at))
     if change.actor is not None:
         data["actor"] = change.actor
+    if change.txn is not None:
+        data["txn"] = change.txn
+    return data
+
+
+def operation_result_dict(operation: db.Operation, result: db.OperationResult) -> dict[str, Any]:
+    """What one operation of ``POST /txn`` did: ``version`` (None: absent, or nothing to
+    delete), a get's ``value`` when there is one, a set's ``created``."""
+    data: dict[str, Any] = {"op": operation.kind, "name": result.name, "version": result.version}
+    if operation.kind == "get" and result.value is not None:
+        data["value"] = result.value
+    if operation.kind == "set":
+        data["created"] = bool(result.created)
     return data
 
 
 def variable_response(var: db.Variable) -> Response:
     """The variable as the client asked: JSON, or its value as plain text."""
     return json_response(variable_dict(var)) if wants_json() else text_response(var.value or "")
+
+
+def no_content() -> Response:
+    """204: no body, and so no Content-Type (Werkzeug would otherwise say text/html)."""
+    response = Response(status=204)
+    del response.headers["Content-Type"]
+    return response
 
 
 def etag(version: int) -> str:

@@ -1,4 +1,7 @@
-"""The web page at ``/``: browse, search, set, edit and delete variables in a browser.
+"""The web page at ``/``: browse by folder, search, set, edit and delete variables in a browser.
+
+The listing is one folder level at a time (``/`` separates the folders of ``app/prod/db``), with
+a breadcrumb; "Names starting with" searches within it (a prefix such as ``app/prod/d``).
 
 Server-rendered Jinja2 with plain HTML forms, so everything works with JavaScript off; the one
 script (``static/web.js``) only adds a confirm() before a delete. Every write the page makes is
@@ -19,8 +22,10 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, redirect, render_template, request, url_for
 
+import access
 import db
 import inputs
+import signin
 from errors import ApiError
 
 bp = Blueprint("web", __name__)
@@ -36,6 +41,7 @@ MAX_PAGE_SIZE = 200
 PREVIEW_CHARS = 160
 PREVIEW_LINES = 3
 HISTORY_ROWS = 20  # the newest changes a variable's page shows
+FOLDER_DELIMITER = "/"
 BAD_FORM = "the form did not arrive as URL-encoded UTF-8; please try again"
 
 
@@ -48,12 +54,32 @@ def page_headers(response: Response) -> Response:
     return response
 
 
+# Sign-in and sign-out (signin.py) are pages too. Every form post is checked first (origin and
+# CSRF token, in every mode), and a refusal is shown as a page: the sign-in form for a 401.
+signin.bp.after_request(page_headers)
+bp.before_request(signin.check_form_post)
+for _blueprint in (bp, signin.bp):
+    _blueprint.register_error_handler(ApiError, signin.page_error)
+
+
 # --- Template helpers
 
 
 @bp.app_context_processor
 def limits() -> dict[str, Any]:
     return {"max_name_chars": db.MAX_NAME_CHARS}
+
+
+# Globals, not context: the macros (imported without context) need them too. Write controls are
+# shown only where the caller's token may write; links into the API (which takes no cookie) only
+# without access control.
+@bp.app_template_global()
+def may_write(name: str) -> bool:
+    return access.may(name, "write")
+
+
+bp.app_template_global("may_write_somewhere")(access.may_write_somewhere)
+bp.app_template_global("access_on")(access.enabled)
 
 
 @bp.app_template_filter("preview")
@@ -125,6 +151,16 @@ def _conditions(version: int | None) -> inputs.Conditions:
 # --- Pages
 
 
+def breadcrumb(prefix: str) -> list[tuple[str, str]]:
+    """The folders ``prefix`` is in, outermost first, as (label, folder):
+    ``app/prod/d`` is in ``("app", "app/")`` and ``("prod", "app/prod/")``."""
+    folders = prefix.split(FOLDER_DELIMITER)[:-1]
+    return [
+        (label, FOLDER_DELIMITER.join(folders[: depth + 1]) + FOLDER_DELIMITER)
+        for depth, label in enumerate(folders)
+    ]
+
+
 @bp.get("/")
 def index() -> tuple[str, int]:
     prefix = request.args.get("prefix", "")
@@ -133,20 +169,27 @@ def index() -> tuple[str, int]:
         limit = inputs.list_limit(PAGE_SIZE, MAX_PAGE_SIZE)
     except ApiError as exc:
         return _error(exc.status, exc.message)
-    # One character more than a preview shows, so that the preview knows it was cut.
-    variables = db.ready_store().list(prefix, after, limit + 1, True, value_chars=PREVIEW_CHARS + 1)
+    # The variables and sub-folders directly in the folder, names starting with ``prefix``;
+    # one entry more than a page tells whether there is a next page.
+    store = db.ready_store()
+    entries = store.list_folder(
+        prefix, FOLDER_DELIMITER, after, limit + 1, True, value_chars=PREVIEW_CHARS + 1
+    )
     next_url = None
-    if len(variables) > limit:
-        variables = variables[:limit]
+    if len(entries) > limit:
+        entries = entries[:limit]
+        last = entries[-1]
         next_url = url_for(
             "web.index",
             prefix=prefix or None,
-            after=variables[-1].name,
+            after=last if isinstance(last, str) else last.name,
             limit=limit if limit != PAGE_SIZE else None,
         )
+    entries = access.visible(entries)  # after the cut: the next page goes on from the last read
     return _page(
         "index.html",
-        variables=variables,
+        entries=entries,
+        breadcrumb=breadcrumb(prefix),
         prefix=prefix,
         after=after,
         limit=limit if limit != PAGE_SIZE else None,
@@ -159,6 +202,7 @@ def index() -> tuple[str, int]:
 @bp.get("/view")
 def view() -> tuple[str, int]:
     name = request.args.get("name", "")
+    access.require(name, "read")
     store = db.ready_store()
     var = store.get(name)
     history = store.numbered_history(name, None, HISTORY_ROWS, True) if name else []
@@ -171,6 +215,7 @@ def view() -> tuple[str, int]:
 @bp.get("/edit")
 def edit() -> tuple[str, int]:
     name = request.args.get("name", "")
+    access.require(name, "write")
     var = db.ready_store().get(name)
     if var is None:
         return _page("missing.html", 404, name=name)
@@ -190,6 +235,7 @@ def save() -> Response | tuple[str, int]:
     if form is None:
         return _error(400, BAD_FORM)
     name = form.get("name", "")
+    access.require(name, "write")
     value = form.get("value")
     try:
         version = inputs.form_version(form.get("version", ""))
@@ -234,6 +280,7 @@ def delete() -> Response | tuple[str, int]:
     if form is None:
         return _error(400, BAD_FORM)
     name = form.get("name", "")
+    access.require(name, "write")
     store = db.ready_store()
     if form.get("confirmed") != "yes":
         # Without JavaScript there was no confirm(): ask here, about the value as it is now.
@@ -265,6 +312,7 @@ def restore() -> Response | tuple[str, int]:
     if form is None:
         return _error(400, BAD_FORM)
     name = form.get("name", "")
+    access.require(name, "write")
     try:
         wanted = inputs.form_version(form.get("restore", ""))
         version = inputs.form_version(form.get("version", ""))

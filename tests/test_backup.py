@@ -120,3 +120,19 @@ def test_the_export_of_an_empty_store_is_valid_json(tmp_path: Path):
     result = app.test_cli_runner().invoke(args=["export", str(tmp_path / "e.json")])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "e.json").read_text())["variables"] == []
+
+
+@pytest.mark.parametrize("count", [1000, 2001])
+def test_an_export_across_its_page_boundaries_has_every_variable_once(runner, tmp_path, count):
+    # The export reads 1,000 variables a page: exactly one page, and two full pages and one.
+    variables = [{"name": f"k{i:05d}", "value": str(i)} for i in range(count)]
+    source = tmp_path / "source.json"
+    source.write_text(json.dumps({"variables": variables}))
+    assert runner.invoke(args=["import", str(source)]).exit_code == 0
+    dump = tmp_path / "dump.json"
+    result = runner.invoke(args=["export", str(dump)])
+    assert result.exit_code == 0, result.output
+    exported = json.loads(dump.read_text())["variables"]
+    assert [(v["name"], v["value"]) for v in exported] == [
+        (v["name"], v["value"]) for v in variables
+    ]

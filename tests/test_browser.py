@@ -226,10 +226,29 @@ def test_search_by_prefix_and_page_through_the_results(page, server):
     expect(rows(page)).to_have_text(["fruit/apple", "fruit/banana"])
     page.click("text=Show all")
     expect(page.locator("input[name=prefix]")).to_have_value("")
-    page.click("a[rel=next]")
-    expect(rows(page)).to_have_text(["fruit/cherry", "fruit/date"])
-    page.click("a[rel=next]")
-    expect(rows(page)).to_have_text(["veg/kale"])
+    expect(rows(page)).to_have_text(["fruit/", "veg/"])  # the top level is two folders
+
+
+def test_browse_folders_with_the_breadcrumb_and_search_inside_one(page, server):
+    for name in ("app/prod/db/host", "app/prod/db/port", "app/prod/mode", "app/dev/x", "top"):
+        put(server, name, "v")
+    page.goto(server.url("/"))
+    expect(rows(page)).to_have_text(["app/", "top"])
+    page.click("td.name a:text-is('app/')")
+    expect(rows(page)).to_have_text(["app/dev/", "app/prod/"])
+    page.click("td.name a:text-is('app/prod/')")
+    page.click("td.name a:text-is('app/prod/db/')")
+    expect(rows(page)).to_have_text(["app/prod/db/host", "app/prod/db/port"])
+    breadcrumb = page.locator("nav.breadcrumb a")
+    expect(breadcrumb).to_have_text(["All", "app", "prod", "db"])
+    page.click("nav.breadcrumb a:text-is('prod')")
+    expect(rows(page)).to_have_text(["app/prod/db/", "app/prod/mode"])
+    page.fill("input[name=prefix]", "app/prod/m")
+    page.click("button:text('Search')")
+    expect(rows(page)).to_have_text(["app/prod/mode"])
+    expect(breadcrumb).to_have_text(["All", "app", "prod"])
+    page.click("nav.breadcrumb a:text-is('All')")
+    expect(rows(page)).to_have_text(["app/", "top"])
 
 
 # --- Safety ---------------------------------------------------------------------------------

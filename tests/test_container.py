@@ -30,7 +30,9 @@ ENGINE_SCRIPTS = ROOT.parent / "shared" / "container-engine"
 IMAGE = "var_keeper:test"
 STOP_TIMEOUT = 20
 
-pytestmark = pytest.mark.slow
+# Its first test starts the engine and builds the image (each bounded at 900 s): more than the
+# suite's time limit (pyproject.toml).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
 
 
 def docker(*args: str, timeout: float = 60, check: bool = True) -> str:

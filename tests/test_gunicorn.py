@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -186,3 +188,102 @@ def test_python_app_py_serves_with_gunicorn_not_the_debug_server(tmp_path: Path)
     assert "Starting gunicorn" in text
     assert "Debugger" not in text
     assert "development server" not in text
+
+
+def start_python_app_py(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """``python app.py`` as ``make run`` starts it, on a spare port of 127.0.0.1."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "app.py"],
+            cwd=ROOT,
+            env={**os.environ, "HOST": "127.0.0.1", **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def test_python_app_py_serves_the_metrics_of_its_workers(tmp_path: Path):
+    port = free_port()
+    env = {"PORT": str(port), "WEB_CONCURRENCY": "2", "DATABASE_URL": f"sqlite:///{tmp_path}/v"}
+    proc = start_python_app_py(env, tmp_path / "app.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(base + "/readyz", ok=lambda s: s == 200)
+        assert post(base + "/var/m", data={"value": "1"}).text == "OK"
+        metrics = get(base + "/metrics")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    assert metrics.status_code == 200
+    assert 'var_keeper_requests_total{method="POST",route="/var/<name:name>",status="200"} 1.0' in (
+        metrics.text
+    ), metrics.text[:2000]
+
+
+@pytest.mark.parametrize(
+    "setting", ["DATABASE_PASSWORD_FILE", "READ_TOKENS_FILE", "WRITE_TOKENS_FILE"]
+)
+def test_a_missing_secret_file_stops_start_up_with_one_clear_line(tmp_path: Path, setting):
+    missing = tmp_path / "no-such-secret"
+    env = {
+        "PORT": str(free_port()),
+        "WEB_CONCURRENCY": "2",
+        "DATABASE_URL": "mysql://keeper@127.0.0.1:1/vars",
+        setting: str(missing),
+    }
+    log = tmp_path / "app.log"
+    proc = start_python_app_py(env, log)
+    assert proc.wait(timeout=60) != 0
+    text = log.read_text()
+    expected = f"var_keeper cannot start: {setting}={missing}: No such file or directory"
+    assert expected in text.splitlines(), text
+    assert "Traceback" not in text
+    assert "Worker failed to boot" not in text
+
+
+ISO_TIME = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+
+
+def test_every_log_line_starts_with_one_timestamp_format(gunicorn, tmp_path: Path):
+    server = gunicorn({"DATABASE_URL": f"sqlite:///{tmp_path / 'v.db'}"})
+    post(server.url("/var/a"), data={"value": "x"})
+    server.stop()
+    lines = [line for line in server.log().splitlines() if line.strip()]
+    plain = [line for line in lines if not line.startswith("{")]
+    # gunicorn's own lines and the app's ("var_keeper...: ") alike.
+    assert any("Starting gunicorn" in line for line in plain)
+    assert any("] var_keeper" in line for line in plain)
+    for line in plain:
+        assert re.match(rf"{ISO_TIME} \[\d+\] \[[A-Z]+\] ", line), line
+    for line in lines:
+        if line.startswith("{"):
+            assert re.fullmatch(ISO_TIME, json.loads(line)["time"]), line
+
+
+def test_an_unusable_setting_stops_a_worker_with_one_clear_line(tmp_path: Path):
+    env = {"PORT": str(free_port()), "WEB_CONCURRENCY": "1", "DATABASE_URL": "ftp://host/vars"}
+    log = tmp_path / "app.log"
+    proc = start_python_app_py(env, log)
+    assert proc.wait(timeout=60) != 0
+    text = log.read_text()
+    expected = "var_keeper cannot start: DATABASE_URL must start with mysql:// or sqlite:///"
+    assert any(line.startswith(expected) for line in text.splitlines()), text
+    assert "Traceback" not in text
+
+
+def test_a_thousand_names_are_read_by_a_transaction_where_a_url_cannot_hold_them(
+    gunicorn, tmp_path: Path
+):
+    server = gunicorn({"DATABASE_URL": f"sqlite:///{tmp_path / 'v.db'}"})
+    names = [f"batch/n{i:03d}" for i in range(1000)]
+    post(server.url("/var/batch/n007"), data={"value": "seven"})
+    query = "&".join(f"name={quote(name, safe='')}" for name in names)
+    assert get(server.url("/var?" + query)).status_code == 414  # gunicorn's request line limit
+    operations = [{"op": "get", "name": name} for name in names]
+    response = post(server.url("/txn"), json={"operations": operations})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["name"] for r in results] == names
+    assert [r.get("value") for r in results if r["version"] is not None] == ["seven"]
+    too_many = post(server.url("/txn"), json={"operations": [*operations, operations[0]]})
+    assert too_many.status_code == 413

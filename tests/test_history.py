@@ -13,6 +13,7 @@ from flask.testing import FlaskClient
 
 import db
 from app import create_app
+from tests.forms import with_csrf
 from tests.servers import scratch_database, server_connection
 
 JSON = {"Accept": "application/json"}
@@ -326,8 +327,9 @@ def test_a_mysql_database_of_the_previous_version_upgrades_in_place(mysql_server
 # --- The web page ---------------------------------------------------------------------------
 
 
-def form(**fields: str) -> dict:
-    return {"data": fields, "content_type": "application/x-www-form-urlencoded"}
+def form(client: FlaskClient, **fields: str) -> dict:
+    """A page form, with the CSRF token of the page it came from."""
+    return {"data": with_csrf(client, fields), "content_type": "application/x-www-form-urlencoded"}
 
 
 def test_the_view_page_lists_the_history_with_restore_buttons(client):
@@ -343,7 +345,7 @@ def test_the_view_page_lists_the_history_with_restore_buttons(client):
 def test_restoring_from_the_page_writes_a_new_version(client):
     client.post("/var/a", data={"value": "good"})
     client.post("/var/a", data={"value": "bad"})
-    response = client.post("/restore", **form(name="a", restore="1", version="2"))
+    response = client.post("/restore", **form(client, name="a", restore="1", version="2"))
     assert (response.status_code, response.headers["Location"]) == (303, "/view?name=a&saved=3")
     assert client.get("/var/a").data == b"good"
 
@@ -352,7 +354,7 @@ def test_restoring_from_a_stale_page_is_409_and_changes_nothing(client):
     client.post("/var/a", data={"value": "one"})
     client.post("/var/a", data={"value": "two"})
     client.post("/var/a", data={"value": "someone else's"})
-    response = client.post("/restore", **form(name="a", restore="1", version="2"))
+    response = client.post("/restore", **form(client, name="a", restore="1", version="2"))
     assert response.status_code == 409
     assert client.get("/var/a").data == b"someone else's"
 
@@ -363,6 +365,6 @@ def test_a_deleted_variable_s_page_offers_its_history_back(client):
     page = client.get("/view?name=a")
     assert page.status_code == 404
     assert "deleted" in page.get_data(as_text=True)
-    response = client.post("/restore", **form(name="a", restore="1", version=""))
+    response = client.post("/restore", **form(client, name="a", restore="1", version=""))
     assert response.status_code == 303
     assert client.get("/var/a").data == b"lost"

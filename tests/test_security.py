@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import requests
 
+import watch
 from app import create_app
+from tests.sse import EventReader
 
 get = functools.partial(requests.get, timeout=15)
 post = functools.partial(requests.post, timeout=15)
@@ -146,3 +148,194 @@ def test_metrics_add_up_over_several_worker_processes(gunicorn, tmp_path: Path):
     assert float(served.group(1)) == 300
     assert "var_keeper_request_duration_seconds_bucket" in text
     assert re.search(r"var_keeper_database_connections (\d+)", text)
+
+
+# --- The near misses around each rule (mutation testing found these untested) ---------------
+
+READ_METHODS = ["GET", "HEAD", "OPTIONS"]
+WRITE_METHODS = ["PUT", "POST", "DELETE"]
+
+
+@pytest.mark.parametrize("method", READ_METHODS + WRITE_METHODS)
+def test_a_read_token_may_use_only_the_reading_methods(guarded, method):
+    guarded.put("/var/a", data={"value": "x"}, headers=bearer(WRITE))
+    response = guarded.open("/var/a", method=method, data={"value": "y"}, headers=bearer(READ))
+    assert response.status_code == (403 if method in WRITE_METHODS else 200)
+    current = guarded.get("/var/a", headers={**bearer(READ), "Accept": "application/json"})
+    assert (current.get_json()["value"], current.get_json()["version"]) == ("x", 1)
+
+
+@pytest.mark.parametrize("method", WRITE_METHODS)
+def test_a_write_token_may_use_every_method(guarded, method):
+    guarded.put("/var/a", data={"value": "x"}, headers=bearer(WRITE))
+    response = guarded.open("/var/a", method=method, data={"value": "y"}, headers=bearer(WRITE))
+    assert response.status_code in (200, 204)
+
+
+def test_a_read_token_may_not_write_through_a_transaction(guarded):
+    operations = {"operations": [{"op": "set", "name": "a", "value": "x"}]}
+    assert guarded.post("/txn", json=operations, headers=bearer(READ)).status_code == 403
+    assert guarded.get("/var/a", headers=bearer(READ)).status_code == 404
+
+
+def near_misses(token: str) -> list[str]:
+    """Strings a careless comparison could take for ``token``: its prefixes and suffixes, one
+    character more or changed, its case changed."""
+    changed_last = token[:-1] + chr(ord(token[-1]) ^ 1)
+    return sorted(
+        {
+            *(token[:n] for n in range(1, len(token))),
+            *(token[n:] for n in range(1, len(token))),
+            token + "0",
+            "0" + token,
+            token + token,
+            changed_last,
+            token.upper(),
+            token.title(),
+            token.swapcase(),
+        }
+        - {token}
+    )
+
+
+@pytest.mark.parametrize("token", [READ, WRITE])
+def test_no_near_miss_of_a_token_is_accepted(guarded, token):
+    assert guarded.get("/var/a", headers=bearer(token)).status_code == 404  # the token works
+    for guess in near_misses(token):
+        for response in (
+            guarded.get("/var/a", headers=bearer(guess)),
+            guarded.put("/var/a", data={"value": guess}, headers=bearer(guess)),
+        ):
+            assert response.status_code == 401, guess
+    assert guarded.get("/var/a", headers=bearer(WRITE)).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "header", ["Bearer", "Bearer ", "Basic " + WRITE, WRITE, "Bearer" + WRITE, "Token " + WRITE]
+)
+def test_an_authorization_header_without_a_bearer_token_is_401(guarded, header):
+    response = guarded.put("/var/a", data={"value": "x"}, headers={"Authorization": header})
+    assert response.status_code == 401
+
+
+# A policy-file token without /metrics, next to the shorthand ones (which have it).
+SCOPED = "scoped-token-0123456789"
+
+
+@pytest.fixture
+def scoped(store_url: str, tmp_path: Path):
+    path = tmp_path / "policy.toml"
+    path.write_text(
+        f'[[tokens]]\nname = "scoped"\nsecret = "{SCOPED}"\n'
+        'rules = { "app/" = "write", "app/keys/" = "read", "app/keys/root/" = "deny" }\n'
+    )
+    app = create_app(
+        {
+            "TESTING": True,
+            "DATABASE_URL": store_url,
+            "WRITE_TOKENS": [WRITE],
+            "ACCESS_POLICY_FILE": str(path),
+        }
+    )
+    yield app.test_client()
+    watch.stop_background(app)
+
+
+def test_metrics_need_a_token_with_metrics(scoped):
+    assert scoped.get("/metrics").status_code == 401
+    assert scoped.get("/metrics", headers=bearer(WRITE)).status_code == 200
+    refused = scoped.get("/metrics", headers={**bearer(SCOPED), "Accept": "application/json"})
+    assert (refused.status_code, refused.get_json()["error"]) == (403, "forbidden")
+    # Without metrics, the token still does what its rules allow.
+    assert scoped.put("/var/app/x", data={"value": "1"}, headers=bearer(SCOPED)).status_code == 201
+    assert scoped.get("/var/app/x", headers=bearer(SCOPED)).data == b"1"
+
+
+def test_a_scoped_token_is_refused_outside_its_rules_with_the_rule_named(scoped):
+    headers = {**bearer(SCOPED), "Accept": "application/json"}
+    for method in ("GET", "PUT", "DELETE"):
+        response = scoped.open("/var/other", method=method, data={"value": "v"}, headers=headers)
+        assert response.status_code == 403
+        body = response.get_json()
+        assert body["error"] == "forbidden"
+        assert "no rule covers it" in body["message"]
+        assert body["name"] == "other"
+
+
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        ({}, "unauthorized"),
+        ({"Authorization": "Basic abc"}, "unauthorized"),
+        (bearer("not-a-token"), "invalid_token"),
+    ],
+)
+def test_a_refused_request_says_why_in_its_code_and_its_challenge(guarded, headers, code):
+    response = guarded.get("/var/a", headers={**headers, "Accept": "application/json"})
+    assert (response.status_code, response.get_json()["error"]) == (401, code)
+    challenge = response.headers["WWW-Authenticate"]
+    assert challenge.startswith('Bearer realm="var_keeper"')
+    assert ('error="invalid_token"' in challenge) is (code == "invalid_token")
+
+
+def test_a_read_token_trying_to_write_gets_forbidden_naming_the_write(guarded):
+    response = guarded.put(
+        "/var/a", data={"value": "x"}, headers={**bearer(READ), "Accept": "application/json"}
+    )
+    assert response.status_code == 403
+    assert response.get_json()["error"] == "forbidden"
+    assert "may not write" in response.get_json()["message"]
+
+
+def test_spaces_around_the_token_are_not_part_of_it(guarded):
+    assert guarded.get("/var/a", headers={"Authorization": f"Bearer  {WRITE}"}).status_code == 404
+    assert guarded.get("/var/a", headers={"Authorization": f"bearer {WRITE} "}).status_code == 404
+
+
+def test_a_batch_read_answers_a_scoped_token_only_what_it_may_read(scoped):
+    for name in ("app/x", "other"):
+        scoped.put(f"/var/{name}", data={"value": "v"}, headers=bearer(WRITE))
+    query = "/var?name=app/x&name=other&name=app/none&name=gone"
+    body = scoped.get(query, headers=bearer(SCOPED)).get_json()
+    assert [v["name"] for v in body["variables"]] == ["app/x"]
+    assert (body["missing"], body["denied"]) == (["app/none"], ["gone", "other"])
+    assert "denied" not in scoped.get(query, headers=bearer(WRITE)).get_json()
+
+
+def test_an_event_stream_carries_a_scoped_token_only_what_it_may_read(scoped):
+    response = scoped.get("/events", headers=bearer(SCOPED), buffered=False)
+    assert response.status_code == 200
+    reader = EventReader(scoped.application, response)
+    for name in ("other", "app/x", "apple", "app/y"):
+        scoped.put(f"/var/{name}", data={"value": "v"}, headers=bearer(WRITE))
+    try:
+        assert [e["data"]["name"] for e in reader.take(2)] == ["app/x", "app/y"]
+        assert reader.nothing_more()
+    finally:
+        reader.close()
+
+
+@pytest.mark.parametrize(
+    ("prefix", "read", "write"),
+    [
+        ("app/", False, False),  # app/keys/root/ is denied, app/keys/ read only
+        ("app/keys/", False, False),
+        ("app/keys/r", False, False),
+        ("app/db/", True, True),
+        ("app/keys/x", True, False),
+        ("", False, False),
+        ("other/", False, False),
+    ],
+)
+def test_a_subtree_delete_or_export_needs_the_right_to_every_name_under_it(
+    scoped, prefix, read, write
+):
+    headers = {**bearer(SCOPED), "Accept": "application/json"}
+    query = f"prefix={prefix}&all=true"
+    exported = scoped.get(f"/var?{query}&format=shell", headers=headers)
+    deleted = scoped.delete(f"/var?{query}", headers=headers)
+    for response, allowed in ((exported, read), (deleted, write)):
+        assert response.status_code == (200 if allowed else 403), response.get_json()
+        if not allowed:
+            assert response.get_json()["prefix"] == prefix
+            assert "may not" in response.get_json()["message"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ import requests
 
 import db
 from tests.servers import Gunicorn
+from tests.sse import open_stream
 
 JSON = {"Accept": "application/json"}
 get = functools.partial(requests.get, timeout=15)
@@ -70,6 +72,21 @@ def test_a_long_poll_on_a_missing_name_waits_for_its_creation(app, client):
     assert response.data == b"hi"
 
 
+def test_a_long_poll_on_a_name_that_never_existed_times_out_with_304(client):
+    started = time.monotonic()
+    response = client.get("/var/never?wait=1")
+    assert response.status_code == 304
+    assert "ETag" not in response.headers  # there is no version to name
+    assert 0.9 < time.monotonic() - started < 5
+
+
+def test_a_long_poll_on_a_deleted_name_times_out_with_304_and_its_last_etag(client):
+    client.post("/var/gone", data={"value": "x"})
+    client.delete("/var/gone")
+    response = client.get("/var/gone?wait=1")
+    assert (response.status_code, response.headers["ETag"]) == (304, '"2"')
+
+
 def test_a_long_poll_answers_404_at_the_expiry_deadline(client):
     client.put("/var/t", data={"value": "x", "ttl": "0.5"})
     started = time.monotonic()
@@ -86,8 +103,29 @@ def test_an_invalid_wait_is_400(client, query):
 # --- Server-Sent Events, through the test client ----------------------------------------------
 
 
-def read_events(lines: Iterator[str], count: int) -> list[dict]:
-    """The next ``count`` events (id, event, data) of a stream, comments skipped."""
+def read_events(lines: Iterator[str], count: int, timeout: float = 10.0) -> list[dict]:
+    """The next ``count`` events (id, event, data) of a stream, comments skipped, read in a
+    thread of their own: a stream that never sends them fails the test after ``timeout``
+    seconds instead of hanging it (its heartbeats keep any read time limit from firing)."""
+    outcome: queue.Queue[list[dict] | BaseException] = queue.Queue()
+
+    def read() -> None:
+        try:
+            outcome.put(parse_events(lines, count))
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+            outcome.put(exc)
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        result = outcome.get(timeout=timeout)
+    except queue.Empty:
+        raise AssertionError(f"the stream sent fewer than {count} events in {timeout}s") from None
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def parse_events(lines: Iterator[str], count: int) -> list[dict]:
     events: list[dict] = []
     current: dict = {}
     for line in lines:
@@ -221,3 +259,34 @@ def test_sigterm_ends_open_streams_promptly(gunicorn, tmp_path: Path):
         assert server.stop() == 0
         assert time.monotonic() - started < 5
         waiting.join(timeout=5)
+
+
+def test_a_resumed_stream_delivers_a_backlog_past_a_page_then_goes_on_live(app, client):
+    # More changes than one read of the change log (events.PAGE, 100) are waiting.
+    client.post("/var/s/0", data={"value": "0"})
+    first = client.get("/var/s/0?history").get_json()["changes"][0]["seq"]
+    operations = [{"op": "set", "name": f"s/{n:03d}", "value": str(n)} for n in range(1, 151)]
+    assert client.post("/txn", json={"operations": operations}).status_code == 200
+    reader = open_stream(app, "/events?prefix=s/", last_event_id=first)
+    try:
+        backlog = reader.take(150)
+        assert [e["data"]["name"] for e in backlog] == [f"s/{n:03d}" for n in range(1, 151)]
+        assert [int(e["id"]) for e in backlog] == sorted({int(e["id"]) for e in backlog})
+        client.post("/var/elsewhere", data={"value": "x"})
+        client.post("/var/s/live", data={"value": "x"})
+        live = reader.next()
+        assert (live["data"]["name"], live.get("event")) == ("s/live", None)
+    finally:
+        reader.close()
+
+
+def test_a_stream_resumed_at_the_newest_event_has_no_resync(app, client):
+    client.post("/var/r/a", data={"value": "1"})
+    head = client.get("/var/r/a?history").get_json()["changes"][0]["seq"]
+    reader = open_stream(app, "/events", last_event_id=head)
+    try:
+        client.post("/var/r/b", data={"value": "2"})
+        event = reader.next()
+        assert (event.get("event"), event["data"]["name"]) == (None, "r/b")
+    finally:
+        reader.close()

@@ -15,6 +15,7 @@ from flask.testing import FlaskClient
 
 import db
 from app import create_app
+from tests.forms import with_csrf
 
 FORM = "application/x-www-form-urlencoded"
 
@@ -158,7 +159,7 @@ def test_missing_variable_page_is_404_and_offers_to_create_it(client):
 
 def test_names_a_browser_would_rewrite_in_a_path_reach_their_pages(client):
     name = "a/../b?c=1&d#e %"
-    response = client.post("/save", data={"name": name, "value": "v"})
+    response = client.post("/save", data=with_csrf(client, {"name": name, "value": "v"}))
     assert response.status_code == 303
     page = client.get(response.headers["Location"]).get_data(as_text=True)
     assert '<h1 class="name">a/../b?c=1&amp;d#e %</h1>' in page
@@ -170,8 +171,10 @@ def test_names_a_browser_would_rewrite_in_a_path_reach_their_pages(client):
 
 def test_stored_markup_is_shown_as_text_on_every_page(client):
     name, value = "<b>n</b>", "<script>alert(1)</script>\"'&"
-    client.post("/save", data={"name": name, "value": value})
-    for path in ("/", "/view?name=" + quote(name), "/edit?name=" + quote(name)):
+    client.post("/save", data=with_csrf(client, {"name": name, "value": value}))
+    # The listing is by folder: "<b>n</b>" is in the folder "<b>n</" (and the breadcrumb).
+    for path in ("/?prefix=", "/view?name=", "/edit?name="):
+        path += quote(name)
         page = client.get(path).get_data(as_text=True)
         assert "<script>alert" not in page
         assert "<b>n</b>" not in page
@@ -221,7 +224,7 @@ def test_api_responses_keep_their_own_policy(client):
 
 
 def test_create_form_stores_the_value_and_redirects_to_its_page(client):
-    response = client.post("/save", data={"name": "a", "value": "hello"})
+    response = client.post("/save", data=with_csrf(client, {"name": "a", "value": "hello"}))
     assert response.status_code == 303
     assert response.headers["Location"] == "/view?name=a&saved=1"
     assert stored(client, "a") == "hello"
@@ -230,7 +233,7 @@ def test_create_form_stores_the_value_and_redirects_to_its_page(client):
 
 def test_create_never_overwrites_an_existing_variable(client):
     put(client, "a", "theirs")
-    response = client.post("/save", data={"name": "a", "value": "mine"})
+    response = client.post("/save", data=with_csrf(client, {"name": "a", "value": "mine"}))
     page = response.get_data(as_text=True)
     assert response.status_code == 409
     assert "already exists (version 1)" in page
@@ -241,12 +244,14 @@ def test_create_never_overwrites_an_existing_variable(client):
 
 
 def test_textarea_line_breaks_become_lf_in_a_new_value(client):
-    client.post("/save", data={"name": "a", "value": "one\r\ntwo\r\n"})
+    client.post("/save", data=with_csrf(client, {"name": "a", "value": "one\r\ntwo\r\n"}))
     assert stored(client, "a") == "one\ntwo\n"
 
 
 def test_empty_value_can_be_stored(client):
-    assert client.post("/save", data={"name": "a", "value": ""}).status_code == 303
+    assert (
+        client.post("/save", data=with_csrf(client, {"name": "a", "value": ""})).status_code == 303
+    )
     assert stored(client, "a") == ""
     assert "(empty)" in client.get("/").get_data(as_text=True)
 
@@ -261,7 +266,7 @@ def test_empty_value_can_be_stored(client):
     ],
 )
 def test_invalid_name_is_refused_and_the_form_keeps_the_input(client, name, message):
-    response = client.post("/save", data={"name": name, "value": "kept"})
+    response = client.post("/save", data=with_csrf(client, {"name": name, "value": "kept"}))
     page = response.get_data(as_text=True)
     assert response.status_code == 400
     assert message in page
@@ -271,14 +276,16 @@ def test_invalid_name_is_refused_and_the_form_keeps_the_input(client, name, mess
 
 def test_value_over_the_size_limit_is_413_and_not_stored(small_app):
     client = small_app.test_client()
-    response = client.post("/save", data={"name": "a", "value": "é" * 9})
+    response = client.post("/save", data=with_csrf(client, {"name": "a", "value": "é" * 9}))
     assert response.status_code == 413
     assert "the value is 18 bytes; the limit is 16" in response.get_data(as_text=True)
     assert stored(client, "a") is None
 
 
 def test_form_that_is_not_utf8_is_refused(client):
-    response = client.post("/save", data=b"name=a&value=%FF", content_type=FORM)
+    csrf = with_csrf(client, {})["csrf"]
+    body = f"csrf={csrf}&name=a&value=%FF".encode()
+    response = client.post("/save", data=body, content_type=FORM)
     assert response.status_code == 400
     assert stored(client, "a") is None
 
@@ -298,7 +305,9 @@ def test_edit_form_carries_the_loaded_version_and_value(client):
 
 def test_edit_at_the_loaded_version_saves_a_new_version(client):
     put(client, "a", "one")
-    response = client.post("/save", data={"name": "a", "version": "1", "value": "two"})
+    response = client.post(
+        "/save", data=with_csrf(client, {"name": "a", "version": "1", "value": "two"})
+    )
     assert response.status_code == 303
     assert response.headers["Location"] == "/view?name=a&saved=2"
     assert stored(client, "a") == "two"
@@ -310,7 +319,8 @@ def test_concurrent_edit_is_409_with_both_values_and_nothing_overwritten(client)
     form = client.get("/edit?name=a").get_data(as_text=True)
     put(client, "a", "theirs")  # someone else saves version 2 meanwhile
     response = client.post(
-        "/save", data={"name": "a", "version": hidden(form, "version"), "value": "mine"}
+        "/save",
+        data=with_csrf(client, {"name": "a", "version": hidden(form, "version"), "value": "mine"}),
     )
     page = response.get_data(as_text=True)
     assert response.status_code == 409
@@ -323,11 +333,15 @@ def test_concurrent_edit_is_409_with_both_values_and_nothing_overwritten(client)
 def test_saving_mine_from_the_conflict_page_replaces_the_current_version(client):
     put(client, "a", "original")
     put(client, "a", "theirs")
-    conflict = client.post("/save", data={"name": "a", "version": "1", "value": "mine"})
+    conflict = client.post(
+        "/save", data=with_csrf(client, {"name": "a", "version": "1", "value": "mine"})
+    )
     form = conflict.get_data(as_text=True)
     response = client.post(
         "/save",
-        data={"name": "a", "version": hidden(form, "version"), "value": textarea(form)},
+        data=with_csrf(
+            client, {"name": "a", "version": hidden(form, "version"), "value": textarea(form)}
+        ),
     )
     assert response.status_code == 303
     assert stored(client, "a") == "mine"
@@ -336,7 +350,9 @@ def test_saving_mine_from_the_conflict_page_replaces_the_current_version(client)
 def test_edit_of_a_variable_deleted_meanwhile_offers_to_create_it_again(client):
     put(client, "a", "original")
     client.delete("/var/a")
-    response = client.post("/save", data={"name": "a", "version": "1", "value": "mine"})
+    response = client.post(
+        "/save", data=with_csrf(client, {"name": "a", "version": "1", "value": "mine"})
+    )
     page = response.get_data(as_text=True)
     assert response.status_code == 409
     assert "Someone deleted <code>a</code>" in page
@@ -350,7 +366,10 @@ def test_crlf_value_keeps_its_line_endings_through_an_edit(client):
     page = client.get("/edit?name=a").get_data(as_text=True)
     assert hidden(page, "newline") == "crlf"
     client.post(
-        "/save", data={"name": "a", "version": "1", "newline": "crlf", "value": "one\r\nthree"}
+        "/save",
+        data=with_csrf(
+            client, {"name": "a", "version": "1", "newline": "crlf", "value": "one\r\nthree"}
+        ),
     )
     assert stored(client, "a") == "one\r\nthree"
 
@@ -358,7 +377,10 @@ def test_crlf_value_keeps_its_line_endings_through_an_edit(client):
 def test_lf_value_keeps_its_line_endings_through_an_edit(client):
     put(client, "a", "one\ntwo")
     client.post(
-        "/save", data={"name": "a", "version": "1", "newline": "lf", "value": "one\r\nthree"}
+        "/save",
+        data=with_csrf(
+            client, {"name": "a", "version": "1", "newline": "lf", "value": "one\r\nthree"}
+        ),
     )
     assert stored(client, "a") == "one\nthree"
 
@@ -379,7 +401,9 @@ def test_value_with_mixed_line_endings_is_not_editable_in_the_page(client):
 
 def test_invalid_version_is_400_and_changes_nothing(client):
     put(client, "a", "one")
-    response = client.post("/save", data={"name": "a", "version": "1x", "value": "two"})
+    response = client.post(
+        "/save", data=with_csrf(client, {"name": "a", "version": "1x", "value": "two"})
+    )
     assert response.status_code == 400
     assert stored(client, "a") == "one"
 
@@ -393,7 +417,7 @@ def test_edit_page_of_a_missing_variable_is_404(client):
 
 def test_unconfirmed_delete_shows_a_confirmation_page_and_keeps_the_variable(client):
     put(client, "a", "keep me")
-    response = client.post("/delete", data={"name": "a", "version": "1"})
+    response = client.post("/delete", data=with_csrf(client, {"name": "a", "version": "1"}))
     page = response.get_data(as_text=True)
     assert response.status_code == 200
     assert 'Delete <span class="name">a</span>?' in page
@@ -404,7 +428,9 @@ def test_unconfirmed_delete_shows_a_confirmation_page_and_keeps_the_variable(cli
 
 def test_confirmed_delete_removes_the_variable_and_returns_to_the_list(client):
     put(client, "a", "v")
-    response = client.post("/delete", data={"name": "a", "version": "1", "confirmed": "yes"})
+    response = client.post(
+        "/delete", data=with_csrf(client, {"name": "a", "version": "1", "confirmed": "yes"})
+    )
     assert response.status_code == 303
     assert response.headers["Location"] == "/?deleted=a"
     assert stored(client, "a") is None
@@ -414,7 +440,9 @@ def test_confirmed_delete_removes_the_variable_and_returns_to_the_list(client):
 def test_delete_after_a_concurrent_change_is_409_and_keeps_the_variable(client):
     put(client, "a", "one")
     put(client, "a", "two")
-    response = client.post("/delete", data={"name": "a", "version": "1", "confirmed": "yes"})
+    response = client.post(
+        "/delete", data=with_csrf(client, {"name": "a", "version": "1", "confirmed": "yes"})
+    )
     page = response.get_data(as_text=True)
     assert response.status_code == 409
     assert "someone saved version 2 after you chose to\ndelete version 1" in page
@@ -425,14 +453,16 @@ def test_delete_after_a_concurrent_change_is_409_and_keeps_the_variable(client):
 def test_delete_of_a_variable_already_deleted_says_so(client):
     put(client, "a", "v")
     client.delete("/var/a")
-    response = client.post("/delete", data={"name": "a", "version": "1", "confirmed": "yes"})
+    response = client.post(
+        "/delete", data=with_csrf(client, {"name": "a", "version": "1", "confirmed": "yes"})
+    )
     assert response.status_code == 409
     assert "Someone else deleted <code>a</code> first." in response.get_data(as_text=True)
 
 
 def test_delete_without_a_version_is_400(client):
     put(client, "a", "v")
-    response = client.post("/delete", data={"name": "a", "confirmed": "yes"})
+    response = client.post("/delete", data=with_csrf(client, {"name": "a", "confirmed": "yes"}))
     assert response.status_code == 400
     assert stored(client, "a") == "v"
 
