@@ -1,6 +1,7 @@
 # var_keeper: `make run` serves on port 5000 with the embedded SQLite default; `make test` runs
 # every check. Both create .venv and install the pinned dependencies first.
 VENV ?= .venv
+WAPITI_VENV ?= .venv-wapiti
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
@@ -29,9 +30,8 @@ test: $(VENV)/.dev $(WAPITI_VENV)/.installed system-deps lint
 	WAPITI=$(CURDIR)/$(WAPITI_VENV)/bin/wapiti $(VENV)/bin/pytest
 
 # wapiti3, the web scanner tests/test_signin_gunicorn.py runs against the page, in a venv of its
-# own: its last release for Python 3.11 (3.2.3) pins Flask < 3.1 through mitmproxy, which the
-# service's venv cannot hold.
-WAPITI_VENV ?= .venv-wapiti
+# own (WAPITI_VENV): its last release for Python 3.11 (3.2.3) pins Flask < 3.1 through
+# mitmproxy, which the service's venv cannot hold.
 $(WAPITI_VENV)/.installed:
 	$(PYTHON) -m venv $(WAPITI_VENV)
 	$(WAPITI_VENV)/bin/pip install --quiet --upgrade pip
