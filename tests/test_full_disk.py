@@ -10,6 +10,7 @@ Mounting needs root (CAP_SYS_ADMIN): elsewhere the module is skipped, and fails 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sqlite3
@@ -172,6 +173,10 @@ def test_mariadb_on_a_full_disk_loses_no_acknowledged_write_and_recovers(
         acked: dict[str, str] = {}
         written, refusal = write_until_full(client, acked)
         assert mariadb.proc is not None
+        # The abort takes a moment after the write that failed: wait for it (a server that
+        # refuses the write cleanly instead keeps running, and the wait just ends).
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            mariadb.proc.wait(timeout=10)
         crashed = mariadb.proc.poll() is not None
         log = (where / "mariadbd.log").read_text(errors="replace")
         filler.unlink()
