@@ -27,9 +27,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import mysql.connector
 import pytest
 import requests
+
+from storage.mysql.driver import mysql  # values containing "delimiter" intact
 
 ROOT = Path(__file__).resolve().parent.parent
 

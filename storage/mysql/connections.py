@@ -19,9 +19,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-import mysql.connector
-
 from storage.model import OutOfSpace, StoreUnavailable
+from storage.mysql.driver import mysql
 from storage.pool import ConnectionPool
 from storage.url import DatabaseURL
 

@@ -1,0 +1,46 @@
+"""The MySQL driver as the store uses it: mysql-connector-python, without its script parsing.
+
+Since 9.2 the connector looks for ``DELIMITER`` commands (a feature of the ``mysql`` command
+line client, not of the server) in every statement a cursor executes, *after* the parameters
+are in it, with a pattern that does not know about escaped quotes. A value such as
+``a delimiter ; b'`` then reads as a delimiter command: the connector rewrites the statement and
+stores ``a;\\nb'`` (and ``'delimiter x'`` fails with "The backslash (\\) character is not a valid
+delimiter"). The store never sends scripts or DELIMITER commands, so the statement goes to the
+server exactly as built: both cursor classes (pure Python and C extension) get a splitter that
+passes it through (tests/test_driver.py stores such values, and fails if a connector upgrade
+moves the function this replaces).
+
+Import ``mysql.connector`` from here so that the fix is in place before any statement runs.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+import mysql.connector
+from mysql.connector import cursor as _pure_cursor
+from mysql.connector.types import MySQLScriptPartition
+
+try:
+    from mysql.connector import cursor_cext as _c_cursor
+except ImportError:  # the C extension did not load: only the pure-Python cursors exist
+    _c_cursor = None
+
+__all__ = ["mysql"]
+
+
+def _statement_as_built(sql_code: bytes, map_results: bool = False) -> Iterator[Any]:
+    """The whole statement as one partition, never parsed for DELIMITER commands."""
+    yield MySQLScriptPartition(single_stmts=deque(), mappable_stmt=sql_code)
+
+
+for _module in (_pure_cursor, _c_cursor):
+    if _module is not None:
+        if not hasattr(_module, "split_multi_statement"):
+            raise ImportError(
+                f"{_module.__name__} has no split_multi_statement: storage/mysql/driver.py "
+                "must be revisited for this mysql-connector-python version"
+            )
+        _module.split_multi_statement = _statement_as_built  # type: ignore[assignment]
