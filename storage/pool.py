@@ -52,21 +52,40 @@ class ConnectionPool:
     def _reset(self) -> None:
         self._pid = os.getpid()
         self._idle: list[Lease] = []  # last in, first out: the warmest connection first
-        self._lock = threading.Lock()
-        self._slots = threading.BoundedSemaphore(self.size)
+        self._lent = 0  # connections lent out now (at most ``size``)
+        # One lock for the idle list and the count; borrowers wait on it only when all ``size``
+        # are lent (threading.BoundedSemaphore, used before, took several Python-level lock
+        # operations on every statement even when a connection was free).
+        self._free = threading.Condition(threading.Lock())
+
+    def _acquire(self) -> Lease | None:
+        """A slot, and the warmest idle connection if there is one (None: open one)."""
+        with self._free:
+            if self._lent >= self.size and not self._free.wait_for(
+                lambda: self._lent < self.size, timeout=self._wait
+            ):
+                raise StoreUnavailable(
+                    f"all {self.size} database connections of this process stayed busy "
+                    f"for {self._wait}s"
+                )
+            self._lent += 1
+            return self._idle.pop() if self._idle else None
+
+    def _release(self, lease: Lease | None) -> None:
+        with self._free:
+            if lease is not None:
+                self._idle.append(lease)
+            self._lent -= 1
+            self._free.notify()
 
     @contextmanager
     def lease(self) -> Iterator[Lease]:
         if self._pid != os.getpid():
             self._reset()  # the parent's connections stay the parent's
-        if not self._slots.acquire(timeout=self._wait):
-            raise StoreUnavailable(
-                f"all {self.size} database connections of this process stayed busy "
-                f"for {self._wait}s"
-            )
+        idle = self._acquire()
         lease = None
         try:
-            lease = self._take()
+            lease = self._take(idle)
             yield lease
         except BaseException as exc:
             # Not an error the store handled (a greenlet killed mid-statement, an interrupt):
@@ -75,26 +94,24 @@ class ConnectionPool:
                 lease.broken = True
             raise
         finally:
-            if lease is not None:
-                if lease.broken:
-                    self._close(lease)
-                else:
-                    lease.used = time.monotonic()
-                    with self._lock:
-                        self._idle.append(lease)
-            self._slots.release()
+            if lease is not None and lease.broken:
+                self._close(lease)
+                lease = None
+            elif lease is not None:
+                lease.used = time.monotonic()
+            self._release(lease)
 
-    def _take(self) -> Lease:
-        while True:
-            with self._lock:
-                lease = self._idle.pop() if self._idle else None
-            if lease is None:
-                conn = self._opener()
-                self._on_change(+1)
-                return Lease(conn, time.monotonic())
-            if self._alive(lease.conn, lease.used):
-                return lease
-            self._close(lease)
+    def _take(self, idle: Lease | None) -> Lease:
+        """``idle`` if it is still usable, else another idle one, else a new connection."""
+        while idle is not None:
+            if self._alive(idle.conn, idle.used):
+                return idle
+            self._close(idle)
+            with self._free:
+                idle = self._idle.pop() if self._idle else None
+        conn = self._opener()
+        self._on_change(+1)
+        return Lease(conn, time.monotonic())
 
     def _close(self, lease: Lease) -> None:
         self._on_change(-1)
@@ -102,7 +119,7 @@ class ConnectionPool:
 
     def close_idle(self) -> None:
         """Close every connection not lent out (they are opened again when needed)."""
-        with self._lock:
+        with self._free:
             idle, self._idle = self._idle, []
         for lease in idle:
             self._close(lease)

@@ -188,6 +188,10 @@ class SQLStore(Store):
         actor: str | None = None,
     ) -> WriteResult:
         options = WriteOptions(if_version, if_absent, if_exists, ttl, actor)
+        return self._put(name, value, options)
+
+    def _put(self, name: str, value: str, options: WriteOptions) -> WriteResult:
+        """One write of ``value``, in its own transaction (a store may send it more cheaply)."""
         return self._in_transaction(lambda tx: self._put_in(tx, name, value, options))
 
     def restore(

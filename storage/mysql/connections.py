@@ -152,6 +152,8 @@ class MySQLConnections:
             # it failed. Both variables exist on MySQL and MariaDB; integers only.
             "init_command": _LOCK_WAIT_SQL.format(seconds=max(1, self.statement_timeout - 1)),
             "use_pure": self._use_pure,
+            # A write's transaction goes in one round trip (``transaction_in_one_trip``).
+            "client_flags": [mysql.connector.constants.ClientFlag.MULTI_STATEMENTS],
         }
         if database:
             args["database"] = database
@@ -317,6 +319,33 @@ class MySQLConnections:
             with self.cursor() as cur:
                 cur.execute(sql, params)
                 return cur.rowcount, cur.lastrowid
+
+        return retrying(once)
+
+    def transaction_in_one_trip(
+        self, statements: Sequence[tuple[str, Sequence[Any]]]
+    ) -> list[tuple[int, list[tuple[Any, ...]]]]:
+        """Run ``statements`` as one transaction, sent with its START TRANSACTION and COMMIT
+        in a single round trip (the connections allow multi-statements; every value still goes
+        in through the driver's escaping). Return each statement's (affected rows, rows).
+
+        The server stops at the first statement that fails; the transaction is then rolled
+        back and the error raised, as ``transaction`` does, and one the server rolled back as a
+        whole (a Galera conflict at COMMIT) runs again (``retrying``)."""
+        sql = "; ".join(["START TRANSACTION", *(text for text, _ in statements), "COMMIT"])
+        params = [param for _, values in statements for param in values]
+
+        def once() -> list[tuple[int, list[tuple[Any, ...]]]]:
+            with self.cursor() as cur:
+                results = []
+                try:
+                    cur.execute(sql, params)  # START TRANSACTION's answer
+                    while cur.nextset():
+                        results.append((cur.rowcount, cur.fetchall() if cur.with_rows else []))
+                except BaseException:
+                    cur.execute("ROLLBACK")  # fails only on a broken connection: closed
+                    raise
+                return results[:-1]  # COMMIT's answer is not the caller's
 
         return retrying(once)
 

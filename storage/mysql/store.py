@@ -1,9 +1,10 @@
 """``MySQLStore``: MySQL 8.x, MariaDB and Galera. Its writes, and its change-log reads.
 
-A write is one transaction on one pooled connection: the row (``UPDATE ... version =
-LAST_INSERT_ID(version + 1)`` hands the new version back in the OK packet; INSERT only for a
-new name) and its change-log entry, which gets its seq after the commit
-(``storage.mysql.numbering``). Reads, history and retention are ``SQLStore``'s.
+A write is one transaction on one pooled connection: the row and its change-log entry, which
+gets its seq after the commit (``storage.mysql.numbering``). An unconditional write sends the
+whole transaction in one round trip (``_PUT_IN_ONE_TRIP``); a conditional one goes statement
+by statement (``UPDATE ... version = LAST_INSERT_ID(version + 1)`` hands the new version back in
+the OK packet; INSERT only for a new name). Reads, history and retention are ``SQLStore``'s.
 """
 
 from __future__ import annotations
@@ -39,6 +40,28 @@ _NUMBERED_CHANGES = (
 )
 _LAST_SEQ = (
     "SELECT n, EXISTS (SELECT 1 FROM var_changes WHERE seq IS NULL) FROM var_seq WHERE id = 1"
+)
+
+
+# An unconditional write as one transaction in one round trip: update the live row, or insert
+# the name (its version continuing from its retained history) if it has none, log the change,
+# read the version back. The INSERT meets a duplicate key if an expired row is still in the
+# way or another writer created the name meanwhile: ``MySQLStore._put`` then goes the long way.
+_PUT_IN_ONE_TRIP = (
+    (
+        "update",
+        "UPDATE vars SET value = %s, version = version + 1, updated_at = UTC_TIMESTAMP(6), "
+        f"expires_at = {_EXPIRES} WHERE name = %s AND {_LIVE}",
+    ),
+    (
+        "insert",
+        "INSERT INTO vars (name, value, version, created_at, updated_at, expires_at) "
+        f"SELECT %s, %s, history.next, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6), {_EXPIRES} FROM "
+        "(SELECT COALESCE(MAX(version), 0) + 1 AS next FROM var_changes WHERE name = %s) "
+        f"AS history WHERE NOT EXISTS (SELECT 1 FROM vars WHERE name = %s AND {_LIVE})",
+    ),
+    ("log", queries.log_set(MYSQL)),
+    ("version", "SELECT version FROM vars WHERE name = %s"),
 )
 
 
@@ -82,6 +105,28 @@ class MySQLStore(SQLStore):
     def _rows(self, tx: Any, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         tx.execute(sql, params)
         return tx.fetchall() if tx.with_rows else []
+
+    def _put(self, name: str, value: str, options: WriteOptions) -> WriteResult:
+        """An unconditional write goes in one round trip (``_PUT_IN_ONE_TRIP``); a conditional
+        one, or one that meets a row in its way (an expired row still there, or a name another
+        writer created meanwhile), goes statement by statement (``_put_in``)."""
+        if options.if_version is None and not (options.if_absent or options.if_exists):
+            key, expiry = name.encode(), MYSQL.expiry(options.ttl)
+            params = {
+                "update": (value, expiry, key),
+                "insert": (key, value, expiry, key, key),
+                "log": (options.actor, options.txn, key),
+                "version": (key,),
+            }
+            try:
+                updated, _, _, (_, rows) = self.connections.transaction_in_one_trip(
+                    [(sql, params[step]) for step, sql in _PUT_IN_ONE_TRIP]
+                )
+                return WriteResult(int(rows[0][0]), created=updated[0] == 0)
+            except self.connections.errors.IntegrityError as exc:
+                if exc.errno != _DUPLICATE_KEY:
+                    raise
+        return super()._put(name, value, options)
 
     def _put_in(self, tx: Any, name: str, value: str, options: WriteOptions) -> WriteResult:
         key, expiry = name.encode(), MYSQL.expiry(options.ttl)
