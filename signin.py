@@ -29,9 +29,19 @@ from collections import OrderedDict, deque
 from datetime import timedelta
 from urllib.parse import parse_qsl, urlsplit
 
-from flask import Blueprint, Flask, Response, current_app, g, redirect, render_template, request
+from flask import (
+    Blueprint,
+    Flask,
+    Request,
+    Response,
+    current_app,
+    g,
+    redirect,
+    render_template,
+    request,
+)
 from flask import session as flask_session
-from flask.sessions import SecureCookieSessionInterface
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 
 import inputs
 import policy
@@ -56,6 +66,13 @@ class _Cookie(SecureCookieSessionInterface):
 
     def get_cookie_secure(self, app: Flask) -> bool:
         return request.is_secure or bool(app.config["SESSION_COOKIE_SECURE"])
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        # Most requests (the API's) carry no session: nothing to verify, so no signing
+        # serializer is built for them (it showed in every request's profile).
+        if app.config["SESSION_COOKIE_NAME"] not in request.cookies:
+            return self.session_class()
+        return super().open_session(app, request)
 
 
 def init_app(app: Flask) -> None:
