@@ -12,14 +12,14 @@ import re
 import subprocess
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench.services import need
 
 LUA = Path(__file__).resolve().parent / "wrk" / "load.lua"
-WRK_TIMEOUT_S = 5  # a response slower than this counts as an error (wrk "timeout")
+WRK_TIMEOUT_S = 2  # a response slower than this counts as an error (wrk "timeout")
 MAX_SLAP_QUERIES = 3_000_000
 
 
@@ -37,6 +37,8 @@ class Result:
     requests: int = 0
     seconds: float = 0.0
     note: str = ""
+    # wrk's errors by kind: connect, read, write (socket errors), timeout, status (non-2xx/3xx)
+    error_kinds: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,7 +93,8 @@ def wrk(
     finally:
         Path(out_path).unlink(missing_ok=True)
     seconds = data["duration_us"] / 1e6
-    errors = sum(data[k] for k in ("connect", "read", "write", "status", "timeout"))
+    kinds = {k: data[k] for k in ("connect", "read", "write", "timeout", "status")}
+    errors = sum(kinds.values())
     good = data["requests"] - data["status"]
     return Result(
         target=target,
@@ -103,6 +106,7 @@ def wrk(
         errors=errors,
         requests=data["requests"],
         seconds=seconds,
+        error_kinds=kinds,
     )
 
 
@@ -110,6 +114,7 @@ _SLAP_SECONDS = re.compile(r"Average number of seconds to run all queries:\s*([0
 
 
 def _slap_once(port: int, schema: str, query: str, connections: int, count: int) -> float:
+    statements = query.count(";") + 1
     argv = [
         need("mysqlslap"),
         "--no-defaults",
@@ -122,6 +127,7 @@ def _slap_once(port: int, schema: str, query: str, connections: int, count: int)
         f"--number-of-queries={count}",
         "--iterations=1",
         f"--query={query}",
+        *(["--delimiter=;"] if statements > 1 else []),
     ]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
     match = _SLAP_SECONDS.search(done.stdout)
@@ -131,19 +137,28 @@ def _slap_once(port: int, schema: str, query: str, connections: int, count: int)
 
 
 def mysqlslap(
-    job: str, port: int, schema: str, query: str, connections: int, duration: float
+    job: str,
+    port: int,
+    schema: str,
+    query: str,
+    connections: int,
+    duration: float,
+    target: str = "mysqlslap",
 ) -> Result:
-    """The server's rate for ``query`` at ``connections`` clients, over about ``duration`` s."""
-    pilot = max(50 * connections, 1000)
+    """The server's rate for ``query`` at ``connections`` clients, over about ``duration`` s.
+    A ``query`` of several statements (``;`` between them) runs them in order, as one unit:
+    its rate is of units (mysqlslap counts statements)."""
+    statements = query.count(";") + 1
+    pilot = max(50 * connections, 1000) * statements
     pilot_seconds = max(_slap_once(port, schema, query, connections, pilot), 1e-3)
     count = int(min(MAX_SLAP_QUERIES, max(pilot, pilot / pilot_seconds * duration)))
-    count -= count % connections
+    count -= count % (connections * statements)
     seconds = max(_slap_once(port, schema, query, connections, count), 1e-3)
     return Result(
-        target="mysqlslap",
+        target=target,
         job=job,
         connections=connections,
-        rps=count / seconds,
-        requests=count,
+        rps=count / statements / seconds,
+        requests=count // statements,
         seconds=seconds,
     )

@@ -29,7 +29,7 @@ from typing import Any
 from bench import report
 from bench.load import HttpJob, Result, mysqlslap, wrk
 from bench.profile import profile_worker
-from bench.services import ROOT, Etcd, Gunicorn, MariaDB, Webdis
+from bench.services import ROOT, Etcd, Gunicorn, MariaDB, PlainApp, Webdis
 
 SCHEMA = "vk_bench"
 SCALE_SCHEMA = "vk_scale"
@@ -75,10 +75,43 @@ def slap_queries() -> dict[str, str]:
     }
 
 
+def our_write_statements() -> str:
+    """POST distinct as the MySQL store sends it (storage/mysql/store.py, one round trip), for
+    mysqlslap: the database's own limit for our write, beside its limit for a bare upsert."""
+    now = "UTC_TIMESTAMP(6)"
+    live = f"(expires_at IS NULL OR expires_at > {now})"
+    return "; ".join(
+        [
+            # As the store's sessions run (storage/mysql/connections.py).
+            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+            "SET @n = CONCAT('slapw-', UUID())",
+            "START TRANSACTION",
+            f"UPDATE vars SET value = '{VALUE}', version = version + 1, updated_at = {now}, "
+            f"expires_at = NULL WHERE name = @n AND {live}",
+            f"INSERT INTO vars ({COLUMNS}, expires_at) SELECT @n, '{VALUE}', history.next, "
+            f"{now}, {now}, NULL FROM (SELECT COALESCE(MAX(version), 0) + 1 AS next FROM "
+            "var_changes WHERE name = @n) AS history WHERE NOT EXISTS (SELECT 1 FROM vars "
+            f"WHERE name = @n AND {live})",
+            "INSERT INTO var_changes (name, version, op, value, changed_at, actor, txn) "
+            "SELECT name, version, 'set', value, updated_at, NULL, NULL FROM vars "
+            "WHERE name = @n",
+            "SELECT version FROM vars WHERE name = @n",
+            "COMMIT",
+        ]
+    )
+
+
 def peer_jobs() -> dict[str, dict[str, HttpJob]]:
     """The same jobs on the peers (they have no listing or batch read of this shape)."""
     form = "value=" + VALUE.replace(" ", "+").replace(",", "%2C")
     return {
+        # Same stack, no features (bench/plain_app.py), and the stack's ceiling.
+        "plain app": {
+            "GET": HttpJob("GET", "/var/k0000001"),
+            "POST same": HttpJob("POST", "/var/k0000002", body=form, content_type=FORM),
+            "POST distinct": HttpJob("POST", "/var/p-", "distinct", body=form, content_type=FORM),
+        },
+        "constant": {"GET": HttpJob("GET", "/constant")},
         "webdis": {
             "GET": HttpJob("GET", "/GET/k0000001"),
             "POST same": HttpJob("PUT", "/SET/k0000002", body=VALUE),
@@ -205,8 +238,10 @@ class Run:
             self.meta["compared"] = args.compare
             self.compare(mariadb)
             return
-        peers: dict[str, Any] = {}
-        if not args.smoke:
+        plain: PlainApp = self.start(lambda: PlainApp(self.workdir, mariadb.port, SCHEMA))
+        self.meta["plain_app"] = plain.config
+        peers: dict[str, Any] = {"plain app": plain, "constant": plain}
+        if args.peers and not args.smoke:
             peers["webdis"] = self.start(lambda: Webdis(self.workdir))
             peers["etcd v2"] = self.start(lambda: Etcd(self.workdir))
             self.meta["etcd"] = peers["etcd v2"].version()
@@ -219,9 +254,11 @@ class Run:
             self.meta["compared"] = args.compare
             self.compare(mariadb)
         ours.stop()
+        plain.stop()
         if args.matrix:
             self.matrix(mariadb)
-        self.scaling(mariadb)
+        if args.scaling:
+            self.scaling(mariadb)
         drop(mariadb, SCHEMA)
         drop(mariadb, SCALE_SCHEMA)
 
@@ -253,12 +290,26 @@ class Run:
         queries = slap_queries()
         peer_specs = peer_jobs()
         for job, spec in jobs.items():
+            if job not in self.args.jobs:
+                continue
             self.log(f"job {job}")
             for conns in self.args.connections:
-                if not self.args.smoke:
+                if self.args.peers and not self.args.smoke:
                     self.record(
                         mysqlslap(job, mariadb.port, SCHEMA, queries[job], conns, self.duration)
                     )
+                    if job == "POST distinct":
+                        self.record(
+                            mysqlslap(
+                                job,
+                                mariadb.port,
+                                SCHEMA,
+                                our_write_statements(),
+                                conns,
+                                self.duration,
+                                target="mysqlslap, our write",
+                            )
+                        )
                 self.record(wrk("var_keeper", job, ours.base, spec, conns, self.duration))
                 for name, peer in peers.items():
                     if job in peer_specs[name]:
@@ -405,11 +456,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-matrix", dest="matrix", action="store_false")
     parser.add_argument("--no-profile", dest="profile", action="store_false")
     parser.add_argument(
+        "--no-peers", dest="peers", action="store_false", help="no mysqlslap, webdis or etcd"
+    )
+    parser.add_argument("--no-scaling", dest="scaling", action="store_false")
+    parser.add_argument("--jobs", nargs="+", default=list(http_jobs(0)), help="jobs to measure")
+    parser.add_argument("--connections", nargs="+", type=int, default=[1, 8, 64, 256])
+    parser.add_argument(
         "--report-only", action="store_true", help="redraw results.md/png from results.json"
     )
     args = parser.parse_args(argv)
     args.rows = 1000
-    args.connections = [1, 8, 64, 256]
     args.scale_rows = [1_000, 100_000, 1_000_000]
     args.scale_connections = [1, 64]
     args.matrix_configs = [

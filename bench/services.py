@@ -237,6 +237,50 @@ class Gunicorn:
         self.process.stop()
 
 
+class PlainApp:
+    """bench/plain_app.py under gunicorn (the "same stack, no features" reference and, at
+    ``/constant``, the stack's ceiling): gthread, 2 processes x 8 threads unless told, started
+    in bench/ with no config file, so nothing of ours (logging, hooks) runs in it."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        db_port: int,
+        schema: str,
+        worker_class: str = "gthread",
+        workers: int = 2,
+        threads: int = 8,
+        label: str = "plain-app",
+    ) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.config = (
+            f"{worker_class} {workers}x{threads}"
+            if worker_class == "gthread"
+            else (f"{worker_class} {workers}")
+        )
+        env = {**os.environ, "PLAIN_DB_PORT": str(db_port), "PLAIN_DB_NAME": schema}
+        argv = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            "--worker-class",
+            worker_class,
+            "--workers",
+            str(workers),
+            "--threads",
+            str(threads),
+            "plain_app:app",
+        ]
+        self.process = Process(label, argv, workdir, cwd=ROOT / "bench", env=env)
+        wait_http(self.base + "/constant", timeout=60)
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
 def _proc_status(pid: int) -> dict[str, int]:
     values: dict[str, int] = {}
     try:
