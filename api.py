@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from urllib.parse import quote, urlencode
 
 from flask import Blueprint, Response, current_app, g, request, send_file
@@ -30,7 +30,6 @@ from responses import (
     no_content,
     text_response,
     variable_dict,
-    variable_response,
     wants_json,
 )
 
@@ -86,12 +85,28 @@ def get_var(name: str) -> Response:
         return _old_version(name, query.version)
     if query.wait is not None:
         return events.long_poll(name, query.wait, query.wait_after)
-    var = db.ready_store().get(name)
-    if var is None:
-        raise ApiError(404, "not_found", f"no variable named {name!r}")
-    if request.if_none_match and request.if_none_match.contains_weak(str(var.version)):
-        return no_cache(Response(status=304), var.version)
-    return no_cache(variable_response(var), var.version)
+    if wants_json():
+        var = db.ready_store().get(name)
+        if var is None:
+            raise _not_found(name)
+        return _read_of(var.version, lambda: json_response(variable_dict(var)))
+    found = db.ready_store().get_value(name)  # as text: its value and version are all it takes
+    if found is None:
+        raise _not_found(name)
+    value, version = found
+    return _read_of(version, lambda: text_response(value))
+
+
+def _not_found(name: str) -> ApiError:
+    return ApiError(404, "not_found", f"no variable named {name!r}")
+
+
+def _read_of(version: int, respond: Callable[[], Response]) -> Response:
+    """A read of ``version``: 304 if the client holds it already (If-None-Match), else
+    ``respond()``; either way with its ETag."""
+    if request.if_none_match and request.if_none_match.contains_weak(str(version)):
+        return no_cache(Response(status=304), version)
+    return no_cache(respond(), version)
 
 
 @bp.post("/var/<name:name>")

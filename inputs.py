@@ -81,6 +81,8 @@ def check_raw_path(environ: Mapping[str, Any]) -> None:
     body is (``form_fields``).
     """
     raw_uri = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if raw_uri is not None and raw_uri.isascii() and "%" not in raw_uri:
+        return  # nothing escaped, nothing but ASCII: valid as it stands (most requests)
     if raw_uri is None:
         raw = environ.get("PATH_INFO", "").encode("latin-1", "replace")
     else:
@@ -159,10 +161,16 @@ class ReadQuery:
     wait_after: int | None
 
 
+# A read with no parameter: the value now (If-None-Match alone makes no long-poll).
+_PLAIN_READ = ReadQuery(DEFAULT_LIMIT, False, False, None, None, None, None)
+
+
 def read_query() -> ReadQuery:
     args = request.args
+    if not args:
+        return _PLAIN_READ  # most reads: no parameter to check
     limit = list_limit()
-    with_values = _flag("values") if "values" in args else False
+    with_values = _flag("values")
     before = _version_param("before") if "before" in args else None
     version = _version_param("version") if "version" in args else None
     wait = _wait_param() if "wait" in args else None

@@ -28,6 +28,10 @@ def get_variable(d: Dialect) -> str:
     return f"SELECT {COLUMNS} FROM vars WHERE name = {d.mark} AND {d.live}"
 
 
+def get_value(d: Dialect) -> str:
+    return f"SELECT value, version FROM vars WHERE name = {d.mark} AND {d.live}"
+
+
 def get_variables(d: Dialect, count: int) -> str:
     return f"SELECT {COLUMNS} FROM vars WHERE name IN ({d.marks(count)}) AND {d.live} ORDER BY name"
 

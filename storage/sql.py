@@ -104,6 +104,10 @@ class SQLStore(Store):
         rows = self._read(queries.get_variable(self.dialect), (self.dialect.encode_name(name),))
         return queries.variable(rows[0]) if rows else None
 
+    def get_value(self, name: str) -> tuple[str, int] | None:
+        rows = self._read(queries.get_value(self.dialect), (self.dialect.encode_name(name),))
+        return (rows[0][0], int(rows[0][1])) if rows else None
+
     def get_many(self, names: Sequence[str]) -> list[Variable]:
         if not names:
             return []

@@ -105,6 +105,11 @@ class Store(ABC):
     def get(self, name: str) -> Variable | None: ...
 
     @abstractmethod
+    def get_value(self, name: str) -> tuple[str, int] | None:
+        """``name``'s value and version only (a plain-text read needs no more: two columns to
+        fetch and convert instead of six)."""
+
+    @abstractmethod
     def get_many(self, names: Sequence[str]) -> list[Variable]: ...
 
     @abstractmethod
