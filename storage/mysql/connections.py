@@ -50,6 +50,13 @@ class NotApplied(StoreUnavailable):
 # on wait_timeout before closing).
 _CONNECTION_LOST = {2006, 2013, 2055, 1927, 4031, 1053}
 _TIMEOUTS = {1205, 3024, 1969}  # lock wait timeout; MySQL / MariaDB statement time limit
+# The client's own timeouts (no answer within DATABASE_TIMEOUT; errno 3024 too): the statement
+# may still be running and its answer still on its way, so the connection is out of step. The
+# driver leaves it open, whatever its message says (it tests for the builtin TimeoutError).
+_CLIENT_TIMEOUTS = (
+    mysql.connector.errors.ReadTimeoutError,
+    mysql.connector.errors.WriteTimeoutError,
+)
 # Out of disk space: 1114 "The table is full" (InnoDB cannot extend a tablespace), 1021 "Disk
 # full"; and file errors (3 "Error writing file", 1030 "Got error from storage engine") when
 # their OS error is 28, ENOSPC. The statement is rolled back; the connection stays usable.
@@ -342,8 +349,8 @@ class MySQLConnections:
                     cur.execute(sql, params)  # START TRANSACTION's answer
                     while cur.nextset():
                         results.append((cur.rowcount, cur.fetchall() if cur.with_rows else []))
-                except BaseException:
-                    cur.execute("ROLLBACK")  # fails only on a broken connection: closed
+                except BaseException as exc:
+                    roll_back(cur, exc)
                     raise
                 return results[:-1]  # COMMIT's answer is not the caller's
 
@@ -370,12 +377,22 @@ class MySQLConnections:
                 try:
                     result = work(cur)
                     cur.execute("COMMIT")
-                except BaseException:
-                    cur.execute("ROLLBACK")  # fails only on a broken connection: closed
+                except BaseException as exc:
+                    roll_back(cur, exc)
                     raise
                 return result
 
         return retrying(once) if retried else once()
+
+
+def roll_back(cur: Any, exc: BaseException) -> None:
+    """Roll back the transaction ``exc`` interrupted, on its connection. Not when the client
+    gave up waiting for an answer (``_CLIENT_TIMEOUTS``): a ROLLBACK sent then would wait
+    DATABASE_TIMEOUT again (in a stalled network a write took twice the timeout), or take the
+    late answer of the statement before it for its own. That connection is closed instead (the
+    error breaks the lease), which rolls the transaction back on the server just the same."""
+    if not isinstance(exc, _CLIENT_TIMEOUTS):
+        cur.execute("ROLLBACK")  # fails only on a broken connection: closed
 
 
 def retrying(attempt: Callable[[], _T]) -> _T:
