@@ -36,16 +36,19 @@ if not os.environ.get("SECRET_KEY") and not os.environ.get("SECRET_KEY_FILE"):
     os.environ.setdefault("VAR_KEEPER_GENERATED_SECRET_KEY", secrets.token_hex(32))
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '5000')}"
-# gevent: every connection is a greenlet, so slow clients (slowloris) and long-lived requests
-# cost a greenlet each instead of a worker thread. With gthread, 50 connections that send half
-# a request header starved a 2x4-thread server for good (healthz timed out after 20 s); with
-# gevent, 300 of them left healthz answering. The database pool (DATABASE_POOL_SIZE per
-# worker) bounds the connections to the database. GUNICORN_WORKER_CLASS=gthread still works.
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gevent")
-workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))  # gthread only
-worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))  # gevent only
-# Short: with gevent, an idle kept-alive connection holds a stopping worker until it expires.
+# workers.BufferedThreadWorker: gunicorn's gthread, whose threads serve a request only once it
+# has all arrived and never wait for a client's bytes, so slow clients cannot hold the threads
+# (300 connections that send half a request header leave the server answering, as with
+# gevent), with gthread's latency tail: under gevent, p99 was 4-10x (workers.py, README
+# "Serving"). Long-polls and event streams are served by a pool of their own
+# (GUNICORN_WATCH_THREADS). GUNICORN_WORKER_CLASS=gthread and =gevent still work. The
+# database pool (DATABASE_POOL_SIZE per worker) bounds the connections to the database.
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "workers.BufferedThreadWorker")
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+threads = int(os.environ.get("GUNICORN_THREADS", "8"))  # gthread and ours
+# Connections per worker (all worker classes but sync): beyond, a worker accepts no more.
+worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))
+# Short: an idle kept-alive connection holds a stopping worker until it expires.
 keepalive = 2
 timeout = 30
 # Under Docker's default stop timeout (10 s), so that `docker stop` always ends in a clean exit.
@@ -84,7 +87,11 @@ class JsonAccessLogger(Logger):
     def access(self, resp, req, environ, request_time):
         if not self.cfg.accesslog:
             return
-        headers = {name.lower(): value for name, value in resp.headers}
+        request_id = None
+        for name, value in resp.headers:
+            if name.lower() == "x-request-id":
+                request_id = value
+                break
         record = {
             "time": utc_time(time.time()),
             "remote": environ.get("REMOTE_ADDR"),
@@ -93,10 +100,14 @@ class JsonAccessLogger(Logger):
             "status": resp.status_code,
             "bytes": getattr(resp, "sent", None),
             "duration_ms": round(request_time.total_seconds() * 1000, 3),
-            "request_id": headers.get("x-request-id"),
+            "request_id": request_id,
             "user_agent": environ.get("HTTP_USER_AGENT"),
         }
-        self.access_log.info(json.dumps(record, ensure_ascii=False))
+        self.access_log.info(_json_line(record))
+
+
+# One encoder for every line (json.dumps with options builds a new one per call).
+_json_line = json.JSONEncoder(ensure_ascii=False).encode
 
 
 accesslog = "-"

@@ -14,13 +14,14 @@ The database is the only state that workers and replicas share, so all of it rea
   values: an index range scan that finds nothing when nothing changed; on MySQL it first
   numbers the entries committed since: ``storage.mysql.numbering``) every
   ``WATCH_POLL_INTERVAL`` seconds and wakes the waiting requests whose names it saw. A waiting
-  request costs a greenlet (or a thread) blocked on a Condition and no query at all; with
-  nobody waiting, the poller stops.
+  request costs a thread (of the worker's watcher pool: workers.py; a greenlet under gevent)
+  blocked on a Condition and no query at all; with nobody waiting, the poller stops.
 - the sweeper: one background loop per process, at a jittered interval, that removes expired
   variables and changes out of retention in small batches. Every removal is conditioned on
   what it saw, so any number of sweepers (workers, replicas) may run at once.
 
-Threads here are greenlets under gunicorn's gevent worker (it patches ``threading``).
+Under gunicorn's gevent worker (``GUNICORN_WORKER_CLASS=gevent``) the threads here are
+greenlets (it patches ``threading``).
 """
 
 from __future__ import annotations

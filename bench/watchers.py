@@ -144,7 +144,7 @@ def main() -> int:
             get = summary(measure(base, "GET", args.clients, args.requests))
             post = summary(measure(base, "POST", args.clients, args.requests))
             rows.append((label, get, post, per_second))
-        print(f"{args.workers} gevent workers, {args.clients} client threads, ")
+        print(f"{args.workers} workers, {args.clients} client threads, ")
         print(f"{args.requests} requests each per method; latencies in ms\n")
         print("| watchers | GET p50 | GET p99 | POST p50 | POST p99 | DB statements/s (idle) |")
         print("|---|---|---|---|---|---|")

@@ -1,8 +1,8 @@
-"""A connection storm through a real gunicorn (the shipped gevent configuration): 2,000 client
+"""A connection storm through a real gunicorn (the shipped configuration): 2,000 client
 connections opened at once and held, then normal traffic. The service must keep answering
 /healthz and ordinary requests, crash nothing and run out of no file descriptors.
 
-The limits that apply (README, Guarantees): gunicorn's listen ``backlog`` (2048), the gevent
+The limits that apply (README, Guarantees): gunicorn's listen ``backlog`` (2048), the
 workers' ``worker_connections`` (GUNICORN_WORKER_CONNECTIONS, 1000 each) and each process's
 RLIMIT_NOFILE (``ulimit -n``).
 """
