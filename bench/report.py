@@ -334,6 +334,7 @@ def draw(data: dict[str, Any], path: Path) -> None:
     styles = {
         "var_keeper": "o-",
         "mysqlslap": "s--",
+        "mysqlslap, our write": "s:",
         "plain app": "D-",
         "constant": "x--",
         "webdis": "^:",

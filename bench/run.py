@@ -368,7 +368,7 @@ class Run:
         for worker_class, workers, threads in self.args.matrix_configs:
             if worker_class == "gevent" and importlib.util.find_spec("gevent") is None:
                 continue  # not installed: nothing to measure
-            label = f"{worker_class} {workers}x{threads}"
+            label = f"{worker_class.removeprefix('workers.')} {workers}x{threads}"
             mariadb.query("FLUSH STATUS")  # restarts Max_used_connections from the current count
             server = Gunicorn(
                 self.app_dir,
@@ -469,14 +469,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.scale_rows = [1_000, 100_000, 1_000_000]
     args.scale_connections = [1, 64]
     args.matrix_configs = [
-        ("sync", 2, 1),
-        ("sync", 4, 1),
-        ("sync", 8, 1),
-        ("gthread", 2, 4),
+        ("workers.BufferedThreadWorker", 2, 8),
+        ("workers.BufferedThreadWorker", 2, 16),
+        ("workers.BufferedThreadWorker", 4, 8),
         ("gthread", 2, 8),
-        ("gthread", 4, 4),
         ("gthread", 4, 8),
-        ("gthread", 8, 4),
+        ("sync", 4, 1),
         ("gevent", 2, 1),
         ("gevent", 4, 1),
     ]
