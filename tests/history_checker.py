@@ -19,6 +19,13 @@ version it reports (version 0: the name does not exist), or ``unknown`` and then
 
 An unknown write constrains nothing by itself, but a read may reveal that it happened.
 Values should be unique per write for the value rule to tell writes apart.
+
+**Crashes** (``check(ops, crashes=[...])``, each the moment the database was serving again
+after a kill): InnoDB makes a commit visible before its log is on disk, so a write whose client
+never heard back (unknown) can be read and still be lost in a crash. A read that revealed such
+a write (its version and value are no acknowledged write's) constrains only what began before
+the next crash; reads of it that a crash then undid are counted, not reported. Acknowledged
+writes are never excused.
 """
 
 from __future__ import annotations
@@ -156,7 +163,19 @@ def _show(op: Op | None) -> str:
     return f"{op.kind} v{op.version} {op.value!r} [{op.started:.3f}-{op.ended:.3f}] {op.where}"
 
 
-def _check_values(name: str, writes: list[Op], reads: list[Op], report: Report) -> None:
+def _revealed_unknown(read: Op, acked: dict[int | None, Op]) -> bool:
+    """Whether ``read`` saw a write no acknowledgement covers (one whose client never heard)."""
+    known = acked.get(read.version)
+    return known is None or known.value != read.value
+
+
+def _crash_between(crashes: list[float], earlier: float, later: float) -> bool:
+    return any(earlier <= crash <= later for crash in crashes)
+
+
+def _check_values(
+    name: str, writes: list[Op], reads: list[Op], report: Report, crashes: list[float]
+) -> None:
     acked = {op.version: op for op in writes if op.outcome == "ok"}
     sent: dict[str, float] = {}  # value -> earliest start of a write that may have applied it
     for op in writes:
@@ -170,14 +189,46 @@ def _check_values(name: str, writes: list[Op], reads: list[Op], report: Report) 
         first = seen.setdefault(read.version, read)
         known = acked.get(read.version)
         if known is not None and known.value != read.value:
-            report.violations.append(f"{name}: {_show(read)} but that version is {_show(known)}")
+            if _crash_between(crashes, read.ended, known.started):
+                report.checks["reads of unknown writes a crash then undid"] += 1
+            else:
+                report.violations.append(
+                    f"{name}: {_show(read)} but that version is {_show(known)}"
+                )
         elif first.value != read.value:
-            report.violations.append(f"{name}: {_show(read)} but earlier {_show(first)}")
+            if _revealed_unknown(first, acked) and _crash_between(
+                crashes, first.ended, read.started
+            ):
+                seen[read.version] = read  # the version was given again after the crash
+                if known is None:  # else counted above, for the read the crash undid
+                    report.checks["reads of unknown writes a crash then undid"] += 1
+            else:
+                report.violations.append(f"{name}: {_show(read)} but earlier {_show(first)}")
         elif read.value not in sent or sent[read.value] > read.ended:
             report.violations.append(f"{name}: {_show(read)}: no write of it had begun")
 
 
-def _check_versions(name: str, writes: list[Op], reads: list[Op], report: Report) -> None:
+def _floors(acked: list[Op], reads: list[Op], crashes: list[float]) -> list[tuple[float, _Floor]]:
+    """For each period between crashes (from its first moment), the floor of the operations
+    that bind what begins in it: every acknowledged write and read, but a read that revealed an
+    unknown write only until the next crash (see the module docstring)."""
+    by_version = {op.version: op for op in acked}
+    periods = [float("-inf"), *sorted(crashes)]
+    floors = []
+    for begins in periods:
+        binding = [r for r in reads if r.ended >= begins or not _revealed_unknown(r, by_version)]
+        floors.append((begins, _Floor([*acked, *binding])))
+    return floors
+
+
+def _floor_before(floors: list[tuple[float, _Floor]], moment: float) -> tuple[int, Op | None]:
+    floor = next(f for begins, f in reversed(floors) if begins <= moment)
+    return floor.before(moment)
+
+
+def _check_versions(
+    name: str, writes: list[Op], reads: list[Op], report: Report, crashes: list[float]
+) -> None:
     acked = [op for op in writes if op.outcome == "ok"]
     for version, count in Counter(op.version for op in acked).items():
         if count > 1:
@@ -185,29 +236,33 @@ def _check_versions(name: str, writes: list[Op], reads: list[Op], report: Report
     if any(op.version is None for op in acked):
         report.violations.append(f"{name}: an acknowledged write had no version (ETag)")
         return
-    floor = _Floor([*acked, *reads])
+    floors = _floors(acked, reads, crashes)
     for write in acked:
         report.checks["writes ordered"] += 1
-        version, before = floor.before(write.started)
+        version, before = _floor_before(floors, write.started)
         if version >= (write.version or 0):
             report.violations.append(
                 f"{name}: {_show(write)} began after {_show(before)} ended: version not higher"
             )
 
 
-def _check_real_time(name: str, writes: list[Op], reads: list[Op], report: Report) -> None:
-    floor = _Floor([*(op for op in writes if op.outcome == "ok"), *reads])
+def _check_real_time(
+    name: str, writes: list[Op], reads: list[Op], report: Report, crashes: list[float]
+) -> None:
+    floors = _floors([op for op in writes if op.outcome == "ok"], reads, crashes)
     for read in reads:
         report.checks["reads in real time"] += 1
-        version, before = floor.before(read.started)
+        version, before = _floor_before(floors, read.started)
         if (read.version or 0) < version:
             report.violations.append(
                 f"{name}: {_show(read)} began after {_show(before)} ended: an older version"
             )
 
 
-def check(ops: Iterable[Op]) -> Report:
-    """Check a history (see the module docstring); the report lists every violation."""
+def check(ops: Iterable[Op], crashes: Iterable[float] = ()) -> Report:
+    """Check a history (see the module docstring); the report lists every violation.
+    ``crashes``: when the database came back from each crash (kill -9), if any."""
+    crashed = sorted(crashes)
     report = Report()
     by_name: dict[str, list[Op]] = defaultdict(list)
     for op in ops:
@@ -218,7 +273,7 @@ def check(ops: Iterable[Op]) -> Report:
     for name, named in sorted(by_name.items()):
         writes = [op for op in named if op.kind == "write"]
         reads = [op for op in named if op.kind == "read" and op.outcome == "ok"]
-        _check_values(name, writes, reads, report)
-        _check_versions(name, writes, reads, report)
-        _check_real_time(name, writes, reads, report)
+        _check_values(name, writes, reads, report, crashed)
+        _check_versions(name, writes, reads, report, crashed)
+        _check_real_time(name, writes, reads, report, crashed)
     return report

@@ -108,3 +108,25 @@ def test_a_read_going_back_after_another_read_is_a_violation() -> None:
 def test_names_are_checked_apart() -> None:
     other = Op("read", "y", 2, 3, "ok", 0, None)
     assert violations(write(0, 1, 1, "a"), other) == []
+
+
+def test_an_unknown_write_seen_and_then_lost_in_a_crash_is_no_violation() -> None:
+    # v2 'b' was committed and seen, its client never heard back, and a crash at 5 lost it:
+    # after the crash v2 goes to 'c', and reads see v1 again until then.
+    ops = [
+        write(0, 1, 1, "a"),
+        write(2, 9, None, "b", outcome="unknown"),
+        read(3, 4, 2, "b"),
+        read(6, 7, 1, "a"),
+        write(7, 8, 2, "c"),
+        read(9, 10, 2, "c"),
+    ]
+    assert check(ops).violations  # without the crash: reads went back, v2 given twice
+    report = check(ops, crashes=[5])
+    assert report.violations == []
+    assert report.checks["reads of unknown writes a crash then undid"] == 1
+
+
+def test_a_crash_never_excuses_a_lost_acknowledged_write() -> None:
+    ops = [write(0, 1, 1, "a"), write(2, 3, 2, "b"), read(6, 7, 1, "a")]
+    assert check(ops, crashes=[5]).violations
