@@ -101,5 +101,13 @@ bench: $(VENV)/.bench bench-deps
 bench-smoke: $(VENV)/.runtime
 	$(PY) -m bench.run --smoke
 
+# The soak (bench/soak.py): two instances on a private MariaDB under a mixed load, the database
+# restarted every few minutes; writes bench/results/soak.md and soak.json, fails on a verdict.
+# SOAK_SECONDS sets its length; tests/test_soak.py is CI's 30 seconds of it.
+.PHONY: soak
+SOAK_SECONDS ?= 600
+soak: $(VENV)/.bench bench-deps
+	SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m bench.soak
+
 clean:
 	rm -rf $(VENV) $(WAPITI_VENV) .pytest_cache .ruff_cache .hypothesis instance

@@ -118,6 +118,9 @@ logger_class = JsonAccessLogger
 # No preload: each worker imports the app after the fork, so no connection crosses a fork and
 # each worker starts its own background work (schema preparation, sweeper: watch.py).
 preload_app = False
+# gunicorn's control socket (for gunicornc) defaults to one path per user, ~/.gunicorn: a second
+# instance on the host took it over from the first (seen in the soak). Nothing here uses it.
+control_socket_disable = True
 limit_request_line = 8190
 limit_request_fields = 100
 limit_request_field_size = 8190

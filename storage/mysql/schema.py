@@ -271,11 +271,13 @@ def _create_database(connections: MySQLConnections) -> None:
     conn = connections.connect(None)
     try:
         # Identifiers cannot be parameters; DatabaseURL.parse allowed only [A-Za-z0-9_].
-        conn.cursor().execute(
+        cur = conn.cursor()
+        cur.execute(
             f"CREATE DATABASE IF NOT EXISTS `{database}` "
             f"CHARACTER SET {MYSQL_CHARSET} COLLATE {MYSQL_COLLATION}"
         )
-        log.info("created database %s", database)
+        if cur.rowcount:  # 0 (and a note): another worker or instance made it meanwhile
+            log.info("created database %s", database)
     except errors.Error as exc:
         raise StoreUnavailable(
             f"database {database!r} is missing and could not be created: {describe(exc)}"
