@@ -58,7 +58,7 @@ system-deps:
 
 # Mutation testing ([tool.mutmut] in pyproject.toml): mutmut changes the code where a bug costs
 # most, one small change at a time, and runs the fast tests (SQLite) that reach it; a change no
-# test notices is a survivor. Not in CI: it takes about 40 minutes on 2 cores. Then
+# test notices is a survivor. Not in CI: it takes about an hour on 2 cores. Then
 # `$(VENV)/bin/mutmut results` lists the survivors, `$(VENV)/bin/mutmut show NAME` one of them.
 .PHONY: mutation
 mutation: $(VENV)/.dev

@@ -159,12 +159,6 @@ def may_write_somewhere() -> bool:
     return token is None or token.may_write_somewhere()
 
 
-def may_read_under(prefix: str) -> bool:
-    """Whether some name starting with ``prefix`` may be readable (a folder worth showing)."""
-    token = caller()
-    return token is None or bool(token.read_regions(prefix))
-
-
 def split_readable(names: list[str]) -> tuple[list[str], list[str]]:
     """``names`` this request may read, and those it may not (a batch read's ``denied``)."""
     readable = [name for name in names if may(name, "read")]

@@ -338,7 +338,7 @@ def test_history_reads_number_their_entries(store: MySQLStore):
     assert store.numbered_change("a", 3).seq is not None
 
 
-def test_retention_never_prunes_an_entry_before_it_is_numbered(store: MySQLStore):
+def test_mysql_retention_never_prunes_an_entry_before_it_is_numbered(store: MySQLStore):
     """Pruning walks the log in seq order: an unnumbered entry is out of its reach until it
     has a seq, so a watcher cannot miss a change that retention removed unseen."""
     for n in range(5):
