@@ -97,13 +97,19 @@ class JsonAccessLogger(Logger):
             "remote": environ.get("REMOTE_ADDR"),
             "method": environ.get("REQUEST_METHOD"),
             "path": environ.get("RAW_URI") or environ.get("PATH_INFO"),
-            "status": resp.status_code,
+            # gunicorn's own error answers (a malformed request: 400) carry only ``status``
+            "status": getattr(resp, "status_code", None) or _status_code(resp.status),
             "bytes": getattr(resp, "sent", None),
             "duration_ms": round(request_time.total_seconds() * 1000, 3),
             "request_id": request_id,
             "user_agent": environ.get("HTTP_USER_AGENT"),
         }
         self.access_log.info(_json_line(record))
+
+
+def _status_code(status: object) -> int | None:
+    code = str(status).split(" ", 1)[0]
+    return int(code) if code.isdigit() else None
 
 
 # One encoder for every line (json.dumps with options builds a new one per call).

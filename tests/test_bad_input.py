@@ -135,3 +135,19 @@ def test_malformed_bodies_are_4xx_and_store_nothing(server, content_type, body):
     assert response.status_code in (400, 415), response.text
     assert "\n" not in response.text.rstrip("\n")
     assert requests.get(server.url("/var/bad"), timeout=10).status_code == 404
+
+
+def test_a_malformed_header_is_400_and_logged_without_a_traceback(server):
+    # Two Content-Type fields (a scanner re-sending a recorded request does this): gunicorn
+    # refuses the request. The JSON access log must not fail on gunicorn's own error answer,
+    # which once turned the 400 into a 500 (gevent) or a closed connection (threads).
+    response = raw_request(
+        server.port,
+        b"POST /var/dup HTTP/1.1\r\nHost: h\r\nContent-Type: application/x-www-form-urlencoded"
+        b"\r\ncontent-type: application/x-www-form-urlencoded\r\nContent-Length: 7\r\n"
+        b"Connection: close\r\n\r\nvalue=1",
+    )
+    assert status_of(response) == 400
+    log = server.log()
+    assert "Traceback" not in log
+    assert any('"status": 400' in line and "/var/dup" in line for line in log.splitlines())
