@@ -20,21 +20,9 @@ from tests.test_browser import (  # the module-scoped browser fixture and helper
     _open_page,
     browser,  # noqa: F401
 )
+from tests.test_signin_gunicorn import ADMIN, POLICY, READER  # an admin and a reader token
 
 pytestmark = pytest.mark.slow
-
-ADMIN, READER = "admin-browser-0123456789", "reader-browser-0123456789"
-POLICY = f"""
-[[tokens]]
-name = "admin"
-secret = "{ADMIN}"
-rules = {{ "" = "write" }}
-
-[[tokens]]
-name = "reader"
-secret = "{READER}"
-rules = {{ "" = "read" }}
-"""
 
 
 @pytest.fixture
