@@ -2,9 +2,10 @@
 
 A write is one transaction on one pooled connection: the row and its change-log entry, which
 gets its seq after the commit (``storage.mysql.numbering``). An unconditional write sends the
-whole transaction in one round trip (``_PUT_IN_ONE_TRIP``); a conditional one goes statement
-by statement (``UPDATE ... version = LAST_INSERT_ID(version + 1)`` hands the new version back in
-the OK packet; INSERT only for a new name). Reads, history and retention are ``SQLStore``'s.
+whole transaction in one round trip (``_PUT_IN_ONE_TRIP``; not on Galera); a conditional one
+goes statement by statement (``UPDATE ... version = LAST_INSERT_ID(version + 1)`` hands the new
+version back in the OK packet; INSERT only for a new name). Reads, history and retention are
+``SQLStore``'s.
 """
 
 from __future__ import annotations
@@ -107,9 +108,10 @@ class MySQLStore(SQLStore):
         return tx.fetchall() if tx.with_rows else []
 
     def _put(self, name: str, value: str, options: WriteOptions) -> WriteResult:
-        """An unconditional write goes in one round trip (``_PUT_IN_ONE_TRIP``); a conditional
-        one, or one that meets a row in its way (an expired row still there, or a name another
-        writer created meanwhile), goes statement by statement (``_put_in``)."""
+        """An unconditional write goes in one round trip (``_PUT_IN_ONE_TRIP``), except on
+        Galera (see ``transaction_in_one_trip``); a conditional one, or one that meets a row in
+        its way (an expired row still there, or a name another writer created meanwhile), goes
+        statement by statement (``_put_in``)."""
         if options.if_version is None and not (options.if_absent or options.if_exists):
             key, expiry = name.encode(), MYSQL.expiry(options.ttl)
             params = {
@@ -119,13 +121,16 @@ class MySQLStore(SQLStore):
                 "version": (key,),
             }
             try:
-                updated, _, _, (_, rows) = self.connections.transaction_in_one_trip(
+                answers = self.connections.transaction_in_one_trip(
                     [(sql, params[step]) for step, sql in _PUT_IN_ONE_TRIP]
                 )
-                return WriteResult(int(rows[0][0]), created=updated[0] == 0)
             except self.connections.errors.IntegrityError as exc:
                 if exc.errno != _DUPLICATE_KEY:
                     raise
+                answers = None
+            if answers is not None:  # None: not sent (Galera), or a row in the way
+                updated, _, _, (_, rows) = answers
+                return WriteResult(int(rows[0][0]), created=updated[0] == 0)
         return super()._put(name, value, options)
 
     def _put_in(self, tx: Any, name: str, value: str, options: WriteOptions) -> WriteResult:
