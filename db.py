@@ -2,14 +2,17 @@
 
 ``init_app(app)`` gives the app the store its settings name (``open_store``); views reach it
 through ``get_store()`` (as it is) or ``ready_store()`` (its schema prepared first), the
-counterpart of flaskr's ``get_db``. Everything a store speaks (variables, changes, results,
-errors, name rules) is re-exported from ``storage`` so that callers need one import.
+counterpart of flaskr's ``get_db``. Each request gets ``DATABASE_TIMEOUT`` for all its database
+work (``storage.deadline``; ``fresh_deadline`` re-arms it for a watcher's next read).
+Everything a store speaks (variables, changes, results, errors, name rules) is re-exported from
+``storage`` so that callers need one import.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 from flask import Flask, current_app
@@ -31,6 +34,7 @@ from storage import (
     Variable,
     VersionNotFound,
     WriteResult,
+    deadline,
     name_problem,
     next_prefix,
 )
@@ -81,6 +85,22 @@ def init_app(app: Flask) -> None:
     store = open_store(app.config)
     app.extensions[_EXTENSION] = store
     log.info("store: %s", store.url)
+    app.before_request(_start_deadline)
+    app.teardown_request(_end_deadline)
+
+
+def _start_deadline() -> None:
+    deadline.start(current_app.config["DATABASE_TIMEOUT"])
+
+
+def _end_deadline(_exc: BaseException | None) -> None:
+    deadline.start(None)  # what runs after the request (a stream's body) has none
+
+
+def fresh_deadline() -> AbstractContextManager[None]:
+    """A context of a new deadline, ``DATABASE_TIMEOUT`` from now: a watcher's read after a
+    wait is a request's worth of database work of its own."""
+    return deadline.bounded(current_app.config["DATABASE_TIMEOUT"])
 
 
 def get_store(app: Flask | None = None) -> Store:

@@ -49,7 +49,8 @@ def long_poll(name: str, wait: float, after: int | None) -> Response:
             # Nothing changed since ``after``: 304, whether the name exists or not.
             return no_cache(Response(status=304), version or None)
         seen = top if top is not None else seen
-        var, version = store.state(name)
+        with db.fresh_deadline():
+            var, version = store.state(name)
     if var is None:
         raise ApiError(404, "not_found", f"no variable named {name!r}", {"ETag": etag(version)})
     return no_cache(variable_response(var), var.version)

@@ -8,7 +8,8 @@ use it, and so can any script. ``open_store`` builds the store a ``DatabaseURL``
 - ``dialect`` and ``queries``: each SQL dialect difference written once, and the statements and
   row mappers built over it;
 - ``store``: the interface (``Store``); ``sql``: reads, history and retention written once
-  (``SQLStore``); ``pool``: the bounded connection pool; ``migrations``: numbered schema steps;
+  (``SQLStore``); ``pool``: the bounded connection pool; ``deadline``: a request's deadline for
+  its database work; ``migrations``: numbered schema steps;
 - ``sqlite``: the embedded default; ``mysql``: MySQL 8.x, MariaDB and Galera.
 """
 

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from storage import deadline
 from storage.model import StoreUnavailable
 
 
@@ -60,10 +61,13 @@ class ConnectionPool:
 
     def _acquire(self) -> Lease | None:
         """A slot, and the warmest idle connection if there is one (None: open one)."""
+        left = deadline.remaining()  # the request's deadline, if it ends first
+        wait = self._wait if left is None else min(self._wait, left)
         with self._free:
             if self._lent >= self.size and not self._free.wait_for(
-                lambda: self._lent < self.size, timeout=self._wait
+                lambda: self._lent < self.size, timeout=wait
             ):
+                deadline.remaining()
                 raise StoreUnavailable(
                     f"all {self.size} database connections of this process stayed busy "
                     f"for {self._wait}s"

@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 
+from storage import deadline
 from storage.model import (
     Change,
     Operation,
@@ -66,7 +67,10 @@ class Store(ABC):
             )
         try:
             if not self._ready:
-                outcome = self.prepare_schema()
+                # Not bounded by a request's deadline: a migration cut half-way would start
+                # again with the next request, and never finish.
+                with deadline.bounded(None):
+                    outcome = self.prepare_schema()
                 self._ready = True
                 log.info("store ready: %s (schema %s)", self.url, outcome)
         finally:

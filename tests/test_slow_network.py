@@ -341,6 +341,45 @@ def test_delay_below_the_timeout_slows_requests_but_they_succeed(proxied: Setup)
     assert_clean_log(proxied.server)
 
 
+def test_a_link_slow_but_moving_ends_each_request_within_database_timeout(
+    proxied: Setup,
+) -> None:
+    """Each answer comes back in time (a round trip of 0.6-1.0 s, under the 2 s timeout), but
+    a request of many statements would take their sum: the request's deadline ends it at
+    DATABASE_TIMEOUT with a 503 saying so, and whatever it had begun is rolled back."""
+    base = proxied.server.base
+    names = [f"s{i}" for i in range(8)]
+    transfer = {
+        "operations": [{"op": "set", "name": name, "value": "moved"} for name in names]
+        + [{"op": "get", "name": name} for name in names]
+    }
+    with requests.Session() as session:
+        for name in names:  # the pools are open before the link slows down
+            assert session.put(f"{base}/var/{name}", data="before", headers=TEXT).ok
+            assert session.get(f"{base}/var/{name}").ok
+        proxied.proxy.delay(0.3, 0.5)
+        answers = [call(session, "txn", "POST", f"{base}/txn", json=transfer) for _ in range(3)]
+        answers += [call(session, "read", "GET", f"{base}/var/s0") for _ in range(2)]
+        proxied.proxy.pass_through()
+        after = [session.get(f"{base}/var/{name}", timeout=CLIENT_TIMEOUT_S) for name in names]
+
+    print(
+        "\nround trips of 0.6-1.0 s, DATABASE_TIMEOUT 2 s: "
+        + ", ".join(f"{a.what} {a.status} in {a.duration:.2f}s" for a in answers)
+    )
+    txns, reads = answers[:3], answers[3:]
+    # 17 statements and more at 0.6 s or more each: never done in 2 s. Ended at the deadline.
+    assert {a.status for a in txns} == {503}
+    assert all("DATABASE_TIMEOUT" in a.body and a.retry_after == "1" for a in txns)
+    assert {a.status for a in reads} == {200}  # one statement: in time
+    # The deadline, the statement in flight then and the ROLLBACK (a round trip each, 1 s at
+    # most here), and a busy CI machine's slack.
+    assert max(a.duration for a in answers) < STATEMENT_TIMEOUT_S + 2 * 1.0 + 1.0
+    # All or nothing: no transaction got through, none left half of itself behind.
+    assert {r.text for r in after} == {"before"}
+    assert_clean_log(proxied.server)
+
+
 # --- A stall: the network swallows everything, closes nothing ---------------------------------
 
 

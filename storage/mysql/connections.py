@@ -19,8 +19,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from storage import deadline
 from storage.model import OutOfSpace, StoreUnavailable
-from storage.mysql.driver import mysql
+from storage.mysql.driver import cursor_class, mysql
 from storage.pool import ConnectionPool
 from storage.url import DatabaseURL
 
@@ -127,6 +128,7 @@ class MySQLConnections:
         # The C extension does its socket I/O in C, out of gevent's reach: under gevent workers
         # one slow statement would stall every request of the worker. So there it is not used.
         self._use_pure = _gevent_sockets() or not mysql.connector.HAVE_CEXT
+        self._cursor_class = cursor_class(self._use_pure)
         if not self._use_pure:
             why = "C extension"
         elif mysql.connector.HAVE_CEXT:
@@ -269,7 +271,7 @@ class MySQLConnections:
             try:
                 if lease.cursor is None:
                     # Made once per connection: conn.cursor() pings the server every time.
-                    lease.cursor = lease.conn.cursor()
+                    lease.cursor = lease.conn.cursor(cursor_class=self._cursor_class)
                 yield lease.cursor
             except self.errors.Error as exc:
                 errno = getattr(exc, "errno", None)
@@ -293,6 +295,7 @@ class MySQLConnections:
                     ) from exc
                 if errno in _TIMEOUTS:
                     lease.broken = True  # the statement may still hold the connection busy
+                    deadline.remaining()  # the request's deadline cut the wait: say so
                     raise StoreUnavailable(f"the database timed out ({describe(exc)})") from exc
                 if isinstance(exc, self.errors.OperationalError):
                     # E.g. -1 "MySQL Connection not available": a ping that timed out leaves
@@ -405,7 +408,12 @@ def roll_back(cur: Any, exc: BaseException) -> None:
     DATABASE_TIMEOUT again (in a stalled network a write took twice the timeout), or take the
     late answer of the statement before it for its own. That connection is closed instead (the
     error breaks the lease), which rolls the transaction back on the server just the same."""
-    if not isinstance(exc, _CLIENT_TIMEOUTS):
+    if isinstance(exc, _CLIENT_TIMEOUTS):
+        return
+    # Past the request's deadline too (``DeadlineExceeded``: raised before a statement was
+    # sent, so the connection is in step): one round trip keeps the connection, where closing
+    # it would cost the next request a new one (several round trips on a slow link).
+    with deadline.bounded(None):
         cur.execute("ROLLBACK")  # fails only on a broken connection: closed
 
 
