@@ -221,6 +221,22 @@ class BufferedThreadWorker(ThreadWorker):
                 conn.close(graceful=True)  # here, not in the poller: it may wait up to 2 s
         return keepalive
 
+    def handle_request(self, req: object, conn: TConn) -> bool:
+        """gunicorn's, but a client that stops reading its answer (or sending its body) for
+        ``CLIENT_IO_TIMEOUT`` costs one line in the log, not gunicorn's "Socket error"
+        traceback: the connection is closed, the thread free."""
+        try:
+            return super().handle_request(req, conn)
+        except TimeoutError:
+            client = conn.client
+            peer = ":".join(map(str, client[:2])) if isinstance(client, tuple) else client
+            self.log.warning(
+                "client %s sent or read nothing for %.0f s: connection closed",
+                peer,
+                CLIENT_IO_TIMEOUT,
+            )
+            return False
+
     def finish_request(self, conn: TConn, fs: Future) -> None:
         if not isinstance(conn, BufferedConn):
             return super().finish_request(conn, fs)

@@ -185,6 +185,34 @@ def test_stalled_large_bodies_hold_a_thread_each_for_the_timeout_at_most(tmp_pat
         server.stop()
 
 
+def test_a_client_that_stops_reading_costs_a_log_line_not_a_traceback(tmp_path):
+    server = start(tmp_path, {}, workers=1, threads=2)
+    try:
+        value = "v" * (1024 * 1024 - 16)
+        names = [f"big{i}" for i in range(8)]
+        with requests.Session() as http:
+            for name in names:
+                text = {"Content-Type": "text/plain; charset=utf-8"}
+                assert http.put(server.url(f"/var/{name}"), data=value.encode(), headers=text).ok
+        # 8 MiB of JSON asked for, none of it read: the server's writes block, then time out.
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        query = "&".join(f"name={name}" for name in names)
+        sock.sendall(f"GET /var?{query} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+        deadline = time.monotonic() + CLIENT_IO_TIMEOUT + 20
+        while "sent or read nothing" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        sock.close()
+        log = server.log()
+        assert f"sent or read nothing for {CLIENT_IO_TIMEOUT:.0f} s: connection closed" in log
+        assert "Traceback" not in log
+        assert "Socket error" not in log
+        assert_the_server_answers(server, count=2)
+    finally:
+        server.stop()
+
+
 def test_a_silent_connection_is_closed_after_the_keepalive_timeout(small):
     with connect(small) as sock:
         started = time.monotonic()
