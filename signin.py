@@ -69,8 +69,12 @@ class _Cookie(SecureCookieSessionInterface):
 
     def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
         # Most requests (the API's) carry no session: nothing to verify, so no signing
-        # serializer is built for them (it showed in every request's profile).
-        if app.config["SESSION_COOKIE_NAME"] not in request.cookies:
+        # serializer is built for them (it showed in every request's profile), and without a
+        # Cookie header no cookie is parsed either.
+        if (
+            "HTTP_COOKIE" not in request.environ
+            or app.config["SESSION_COOKIE_NAME"] not in request.cookies
+        ):
             return self.session_class()
         return super().open_session(app, request)
 
