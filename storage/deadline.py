@@ -33,15 +33,19 @@ class DeadlineExceeded(StoreUnavailable):
     """The request used up its time (``DATABASE_TIMEOUT``) waiting for the database."""
 
 
+def _from_now(seconds: float | None) -> tuple[float, float] | None:
+    return None if seconds is None else (time.monotonic() + seconds, seconds)
+
+
 def start(seconds: float | None) -> None:
     """Give the current context a deadline ``seconds`` from now (None: no deadline)."""
-    _deadline.set(None if seconds is None else (time.monotonic() + seconds, seconds))
+    _deadline.set(_from_now(seconds))
 
 
 @contextmanager
 def bounded(seconds: float | None) -> Iterator[None]:
     """``start(seconds)`` for the block; the deadline before it afterwards."""
-    token = _deadline.set(None if seconds is None else (time.monotonic() + seconds, seconds))
+    token = _deadline.set(_from_now(seconds))
     try:
         yield
     finally:
