@@ -61,7 +61,7 @@ def slap_queries() -> dict[str, str]:
             f"UPDATE vars SET value = '{VALUE}', version = LAST_INSERT_ID(version + 1), "
             f"updated_at = {now} WHERE name = 'k0000002'"
         ),
-        # The database's upsert of a new name: one statement (the service sends UPDATE, INSERT).
+        # The database's upsert of a new name: one statement (the service adds its log entry).
         "POST distinct": (
             f"INSERT INTO vars ({COLUMNS}) VALUES (CONCAT('slap-', UUID()), '{VALUE}', 1, "
             f"{now}, {now}) ON DUPLICATE KEY UPDATE value = VALUES(value), "
@@ -79,23 +79,22 @@ def our_write_statements() -> str:
     """POST distinct as the MySQL store sends it (storage/mysql/store.py, one round trip), for
     mysqlslap: the database's own limit for our write, beside its limit for a bare upsert."""
     now = "UTC_TIMESTAMP(6)"
-    live = f"(expires_at IS NULL OR expires_at > {now})"
+    live = f"(vars.expires_at IS NULL OR vars.expires_at > {now})"
     return "; ".join(
         [
             # As the store's sessions run (storage/mysql/connections.py).
             "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
             "SET @n = CONCAT('slapw-', UUID())",
             "START TRANSACTION",
-            f"UPDATE vars SET value = '{VALUE}', version = version + 1, updated_at = {now}, "
-            f"expires_at = NULL WHERE name = @n AND {live}",
-            f"INSERT INTO vars ({COLUMNS}, expires_at) SELECT @n, '{VALUE}', history.next, "
-            f"{now}, {now}, NULL FROM (SELECT COALESCE(MAX(version), 0) + 1 AS next FROM "
-            "var_changes WHERE name = @n) AS history WHERE NOT EXISTS (SELECT 1 FROM vars "
-            f"WHERE name = @n AND {live})",
+            f"INSERT INTO vars ({COLUMNS}, expires_at) SELECT @n, '{VALUE}', "
+            f"LAST_INSERT_ID(COALESCE(MAX(version), 0) + 1), {now}, {now}, NULL "
+            "FROM var_changes WHERE name = @n ON DUPLICATE KEY UPDATE "
+            f"version = IF({live}, LAST_INSERT_ID(vars.version + 1), NULL), "
+            "value = VALUES(value), updated_at = VALUES(updated_at), "
+            "expires_at = VALUES(expires_at)",
             "INSERT INTO var_changes (name, version, op, value, changed_at, actor, txn) "
             "SELECT name, version, 'set', value, updated_at, NULL, NULL FROM vars "
             "WHERE name = @n",
-            "SELECT version FROM vars WHERE name = @n",
             "COMMIT",
         ]
     )

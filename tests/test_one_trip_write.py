@@ -94,3 +94,38 @@ def test_a_conditional_write_still_checks_its_condition(store):
         store.put("c", "2", if_version=7)
     assert store.put("c", "2", if_version=1).version == 2
     assert store.put("n", "x", if_absent=True).created
+
+
+def test_an_update_keeps_its_creation_time_replaces_the_value_and_clears_a_ttl(store):
+    store.put("u", "first", ttl=60)
+    before = store.get("u")
+    written = store.put("u", "second")  # no ttl: the variable becomes permanent
+    after = store.get("u")
+    assert (written.version, written.created) == (2, False)
+    assert (after.value, after.version, after.expires_at) == ("second", 2, None)
+    assert after.created_at == before.created_at
+    assert after.updated_at > before.updated_at
+
+
+def test_the_log_entry_is_the_row_just_written(store):
+    store.put("e", "one")
+    store.put("e", "two")
+    newest = store.numbered_history("e", None, 1, with_values=True)[0]
+    row = store.get("e")
+    assert (newest.version, newest.value, newest.op) == (row.version, "two", "set")
+    assert newest.changed_at == row.updated_at
+
+
+def test_an_unconditional_write_is_an_upsert_and_its_log_entry_in_one_batch(store):
+    """Two statements between START TRANSACTION and COMMIT: the row's upsert and its entry."""
+    sent: list[list[str]] = []
+    batch = store.connections.transaction_in_one_trip
+
+    def spy(statements):
+        sent.append([" ".join(sql.split()[:3]) for sql, _ in statements])
+        return batch(statements)
+
+    store.connections.transaction_in_one_trip = spy
+    assert store.put("b", "1").created
+    assert not store.put("b", "2").created
+    assert sent == [["INSERT INTO vars", "INSERT INTO var_changes"]] * 2

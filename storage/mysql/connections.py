@@ -338,10 +338,11 @@ class MySQLConnections:
 
     def transaction_in_one_trip(
         self, statements: Sequence[tuple[str, Sequence[Any]]]
-    ) -> list[tuple[int, list[tuple[Any, ...]]]] | None:
+    ) -> list[tuple[int, int | None, list[tuple[Any, ...]]]] | None:
         """Run ``statements`` as one transaction, sent with its START TRANSACTION and COMMIT
         in a single round trip (the connections allow multi-statements; every value still goes
-        in through the driver's escaping). Return each statement's (affected rows, rows).
+        in through the driver's escaping). Return each statement's (affected rows, last insert
+        id, rows).
 
         The server stops at the first statement that fails; the transaction is then rolled
         back and the error raised, as ``transaction`` does, and one the server rolled back as a
@@ -359,7 +360,7 @@ class MySQLConnections:
         sql = "; ".join(["START TRANSACTION", *(text for text, _ in statements), "COMMIT"])
         params = [param for _, values in statements for param in values]
 
-        def once() -> list[tuple[int, list[tuple[Any, ...]]]] | None:
+        def once() -> list[tuple[int, int | None, list[tuple[Any, ...]]]] | None:
             with self.cursor() as cur:
                 if self.galera:  # this lease opened the process's first connection
                     return None
@@ -367,7 +368,8 @@ class MySQLConnections:
                 try:
                     cur.execute(sql, params)  # START TRANSACTION's answer
                     while cur.nextset():
-                        results.append((cur.rowcount, cur.fetchall() if cur.with_rows else []))
+                        rows = cur.fetchall() if cur.with_rows else []
+                        results.append((cur.rowcount, cur.lastrowid, rows))
                 except BaseException as exc:
                     roll_back(cur, exc)
                     raise

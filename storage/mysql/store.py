@@ -1,11 +1,11 @@
 """``MySQLStore``: MySQL 8.x, MariaDB and Galera. Its writes, and its change-log reads.
 
 A write is one transaction on one pooled connection: the row and its change-log entry, which
-gets its seq after the commit (``storage.mysql.numbering``). An unconditional write sends the
-whole transaction in one round trip (``_PUT_IN_ONE_TRIP``; not on Galera); a conditional one
-goes statement by statement (``UPDATE ... version = LAST_INSERT_ID(version + 1)`` hands the new
-version back in the OK packet; INSERT only for a new name). Reads, history and retention are
-``SQLStore``'s.
+gets its seq after the commit (``storage.mysql.numbering``). An unconditional write is one
+upsert and its log entry, sent with START TRANSACTION and COMMIT in one round trip (``_UPSERT``;
+not on Galera); a conditional one goes statement by statement (``UPDATE ... version =
+LAST_INSERT_ID(version + 1)`` hands the new version back in the OK packet; INSERT only for a
+new name). Reads, history and retention are ``SQLStore``'s.
 """
 
 from __future__ import annotations
@@ -44,26 +44,26 @@ _LAST_SEQ = (
 )
 
 
-# An unconditional write as one transaction in one round trip: update the live row, or insert
-# the name (its version continuing from its retained history) if it has none, log the change,
-# read the version back. The INSERT meets a duplicate key if an expired row is still in the
-# way or another writer created the name meanwhile: ``MySQLStore._put`` then goes the long way.
-_PUT_IN_ONE_TRIP = (
-    (
-        "update",
-        "UPDATE vars SET value = %s, version = version + 1, updated_at = UTC_TIMESTAMP(6), "
-        f"expires_at = {_EXPIRES} WHERE name = %s AND {_LIVE}",
-    ),
-    (
-        "insert",
-        "INSERT INTO vars (name, value, version, created_at, updated_at, expires_at) "
-        f"SELECT %s, %s, history.next, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6), {_EXPIRES} FROM "
-        "(SELECT COALESCE(MAX(version), 0) + 1 AS next FROM var_changes WHERE name = %s) "
-        f"AS history WHERE NOT EXISTS (SELECT 1 FROM vars WHERE name = %s AND {_LIVE})",
-    ),
-    ("log", queries.log_set(MYSQL)),
-    ("version", "SELECT version FROM vars WHERE name = %s"),
+# An unconditional write as one transaction in one round trip: one upsert of the row, then the
+# change-log entry copied from it (``queries.log_set``), between START TRANSACTION and COMMIT.
+# A new name's version continues from its retained history (the SELECT always yields one row);
+# a live row's goes up by one. LAST_INSERT_ID(expr) hands the version back in the OK packet,
+# and the affected rows say which happened (1: inserted, 2: updated). The first assignment
+# checks the row it met: an expired row still in the way gets a NULL version, which the strict
+# sql_mode refuses (``_EXPIRED_IN_THE_WAY``) before anything else ran, and ``MySQLStore._put``
+# goes the long way, which logs the expiry first. VALUES(col) is the value the INSERT would
+# have written (MySQL 8 deprecates it in favour of a row alias, which MariaDB lacks).
+_UPSERT = (
+    "INSERT INTO vars (name, value, version, created_at, updated_at, expires_at) "
+    "SELECT %s, %s, LAST_INSERT_ID(COALESCE(MAX(version), 0) + 1), UTC_TIMESTAMP(6), "
+    f"UTC_TIMESTAMP(6), {_EXPIRES} FROM var_changes WHERE name = %s "
+    "ON DUPLICATE KEY UPDATE "
+    f"version = IF({MYSQL.live.replace('expires_at', 'vars.expires_at')}, "
+    "LAST_INSERT_ID(vars.version + 1), NULL), "
+    "value = VALUES(value), updated_at = VALUES(updated_at), expires_at = VALUES(expires_at)"
 )
+_EXPIRED_IN_THE_WAY = 1048  # "Column 'version' cannot be null": see ``_UPSERT``
+_UPSERT_INSERTED = 1  # the affected rows of an upsert that inserted (2: it updated)
 
 
 class _Taken(StoreError):
@@ -108,29 +108,25 @@ class MySQLStore(SQLStore):
         return tx.fetchall() if tx.with_rows else []
 
     def _put(self, name: str, value: str, options: WriteOptions) -> WriteResult:
-        """An unconditional write goes in one round trip (``_PUT_IN_ONE_TRIP``), except on
-        Galera (see ``transaction_in_one_trip``); a conditional one, or one that meets a row in
-        its way (an expired row still there, or a name another writer created meanwhile), goes
-        statement by statement (``_put_in``)."""
+        """An unconditional write goes in one round trip (``_UPSERT`` and its log entry),
+        except on Galera (see ``transaction_in_one_trip``); a conditional one, or one that
+        meets an expired row in its way, goes statement by statement (``_put_in``)."""
         if options.if_version is None and not (options.if_absent or options.if_exists):
-            key, expiry = name.encode(), MYSQL.expiry(options.ttl)
-            params = {
-                "update": (value, expiry, key),
-                "insert": (key, value, expiry, key, key),
-                "log": (options.actor, options.txn, key),
-                "version": (key,),
-            }
+            key = name.encode()
             try:
                 answers = self.connections.transaction_in_one_trip(
-                    [(sql, params[step]) for step, sql in _PUT_IN_ONE_TRIP]
+                    [
+                        (_UPSERT, (key, value, MYSQL.expiry(options.ttl), key)),
+                        (queries.log_set(MYSQL), (options.actor, options.txn, key)),
+                    ]
                 )
             except self.connections.errors.IntegrityError as exc:
-                if exc.errno != _DUPLICATE_KEY:
+                if exc.errno != _EXPIRED_IN_THE_WAY:
                     raise
                 answers = None
-            if answers is not None:  # None: not sent (Galera), or a row in the way
-                updated, _, _, (_, rows) = answers
-                return WriteResult(int(rows[0][0]), created=updated[0] == 0)
+            if answers is not None:  # None: not sent (Galera), or an expired row in the way
+                (affected, version, _), _ = answers
+                return WriteResult(int(version), created=affected == _UPSERT_INSERTED)
         return super()._put(name, value, options)
 
     def _put_in(self, tx: Any, name: str, value: str, options: WriteOptions) -> WriteResult:
