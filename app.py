@@ -176,12 +176,17 @@ def main() -> None:
     container): as ``__main__`` this module has imported prometheus_client already, before
     gunicorn.conf.py could set PROMETHEUS_MULTIPROC_DIR, and workers forked from it would count
     into their own memory while ``/metrics`` reads the shared directory (and finds nothing).
+    Its environment lets the MySQL driver's C extension load where the system's OpenSSL is too
+    old for it (``storage.mysql.driver.environ_for_c_extension``).
     """
+    from storage.mysql.driver import environ_for_c_extension
+
     here = os.path.dirname(os.path.abspath(__file__))
     os.chdir(here)
     config = os.path.join(here, "gunicorn.conf.py")
     args = [sys.executable, "-m", "gunicorn", "--config", config, "app:app"]
-    os.execv(sys.executable, args)  # noqa: S606 - our own interpreter, fixed arguments
+    # our own interpreter, fixed arguments
+    os.execve(sys.executable, args, environ_for_c_extension(os.environ))  # noqa: S606
 
 
 def __getattr__(name: str) -> Flask:

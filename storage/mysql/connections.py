@@ -134,7 +134,11 @@ class MySQLConnections:
         elif mysql.connector.HAVE_CEXT:
             why = "pure Python: gevent workers need cooperative sockets"
         else:
-            why = "pure Python: the C extension did not load (it needs OpenSSL >= 3.2)"
+            # ``python app.py`` gives gunicorn the connector's own OpenSSL where it can
+            why = (
+                "pure Python: the C extension did not load (it needs OpenSSL >= 3.2: see "
+                "storage/mysql/driver.py, environ_for_c_extension)"
+            )
         log.info(
             "mysql-connector-python %s: connection class %s (%s)",
             mysql.connector.__version__,

@@ -10,15 +10,30 @@ server exactly as built: both cursor classes (pure Python and C extension) get a
 passes it through (tests/test_driver.py stores such values, and fails if a connector upgrade
 moves the function this replaces).
 
-And its cursors keep to the request's deadline (``storage.deadline``): ``cursor_class``.
+And its cursors keep to the request's deadline (``storage.deadline``): ``cursor_class``. The C
+extension's cursor raised the error of a batch's later statement from ``nextset`` as the
+extension's bare ``MySQLInterfaceError``, not as the connector's error for its number (an
+IntegrityError, a deadlock's DatabaseError): ours maps it as the extension's ``execute`` does.
+
+And the environment in which a server process can load the connector's C extension
+(``environ_for_c_extension``): the extension in the connector's Linux wheel needs OpenSSL >= 3.2
+and the wheel carries one (``mysql/vendor``), but a process that has imported Python's ``ssl``
+first (gunicorn does, before any code of ours) has the system's ``libssl.so.3`` loaded, and where
+that one is older (Debian 12: 3.0) the extension fails to load and the store runs on the
+pure-Python driver. With the wheel's folder first on the library path, ``ssl`` and the extension
+load the wheel's OpenSSL, one copy for both.
 
 Import ``mysql.connector`` from here so that the fix is in place before any statement runs.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import mysql.connector
@@ -28,6 +43,7 @@ from mysql.connector.types import MySQLScriptPartition
 from storage import deadline
 
 try:
+    from _mysql_connector import MySQLInterfaceError
     from mysql.connector import cursor_cext as _c_cursor
 except ImportError:  # the C extension did not load: only the pure-Python cursors exist
     _c_cursor = None
@@ -67,7 +83,46 @@ if _c_cursor is not None:
             deadline.remaining()
             return super().execute(operation, params, map_results)
 
+        def nextset(self) -> bool | None:
+            try:
+                return super().nextset()
+            except MySQLInterfaceError as exc:
+                if getattr(exc, "errno", None) is None:
+                    raise mysql.connector.errors.InterfaceError(str(exc)) from exc
+                raise mysql.connector.errors.get_mysql_exception(
+                    exc.errno, msg=exc.msg, sqlstate=exc.sqlstate
+                ) from exc
+
 
 def cursor_class(use_pure: bool) -> type:
     """The cursor class for a connection made with ``use_pure``."""
     return _PureCursor if use_pure or _c_cursor is None else _CCursor
+
+
+# A process as gunicorn's: Python's ssl first, then the extension.
+_PROBE = "import ssl, _mysql_connector"
+
+
+def environ_for_c_extension(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` for a server process, with the connector's bundled OpenSSL first on the
+    library path if the C extension cannot load without it and can with it (see the module's
+    doc). Unchanged where the extension loads anyway (the image), and where the wheel carries
+    no OpenSSL or the extension will not load either way (the pure-Python driver serves)."""
+    environ = dict(environ)
+    bundled = Path(mysql.connector.__file__).resolve().parent.parent / "vendor"
+    if not (bundled / "libssl.so.3").is_file() or c_extension_loads(environ):
+        return environ
+    path = environ.get("LD_LIBRARY_PATH")
+    with_bundled = {
+        **environ,
+        "LD_LIBRARY_PATH": os.pathsep.join(filter(None, [str(bundled), path])),
+    }
+    return with_bundled if c_extension_loads(with_bundled) else environ
+
+
+def c_extension_loads(environ: Mapping[str, str]) -> bool:
+    """Whether a new process of this interpreter, in ``environ``, loads the C extension."""
+    probe = subprocess.run(  # noqa: S603 - our own interpreter, a fixed statement
+        [sys.executable, "-c", _PROBE], env=environ, capture_output=True, timeout=60, check=False
+    )
+    return probe.returncode == 0
