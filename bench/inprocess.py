@@ -27,9 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import mysql.connector
 from werkzeug.test import EnvironBuilder
 
-from bench.services import ROOT
+from bench.services import ROOT, server_environ
 
 SCHEMA = "vk_inprocess"
 
@@ -94,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="and where the time goes")
     args = parser.parse_args(argv)
+    server_env = server_environ()
+    if server_env != os.environ:  # the servers' driver (bench/services.py): start again
+        command = [sys.executable, "-m", "bench.inprocess", *(argv or sys.argv[1:])]
+        os.execve(sys.executable, command, server_env)  # noqa: S606 - ourselves, same arguments
     host_port = args.server_url.rsplit("@", 1)[-1]
     os.environ["PLAIN_DB_PORT"] = host_port.rsplit(":", 1)[-1]
     os.environ["PLAIN_DB_NAME"] = SCHEMA
@@ -132,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         for round_number in range(args.rounds):
             for job, (wsgi, make) in jobs.items():
                 results[job].append(per_request_us(wsgi, make(round_number)))
+        driver = "C extension" if mysql.connector.HAVE_CEXT else "pure Python"
+        print(f"# mysql-connector: {driver} (ours and the plain app)")
         for job, figures in results.items():
             print(f"{job:<16} {statistics.median(figures):8.1f} us a request (median of rounds)")
         if args.profile:

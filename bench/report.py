@@ -263,7 +263,9 @@ def write(data: dict[str, Any], out: Path, chart: bool = True) -> None:
         f"- MariaDB {meta.get('mariadb')} (private instance, durable commits), Python "
         f"{meta.get('python')}, etcd {meta.get('etcd', 'n/a')}",
         f"- {meta.get('gunicorn_config')}: {meta.get('workers')} workers",
-        f"- connector at start-up: {meta.get('connector')}",
+        f"- connector at start-up: {meta.get('connector')}; the plain app's: "
+        f"{meta.get('plain_connector', 'n/a')} (both started in the environment `python app.py` "
+        "gives gunicorn: storage/mysql/driver.py, environ_for_c_extension)",
         f"- references: `bench/plain_app.py` (same stack, no features: one statement a request) "
         f"and its `/constant` route (the stack's ceiling), under gunicorn "
         f"{meta.get('plain_app', 'n/a')}; `mysqlslap, our write` is the database running the "

@@ -29,7 +29,16 @@ from typing import Any
 from bench import report
 from bench.load import HttpJob, Result, mysqlslap, wrk
 from bench.profile import profile_worker
-from bench.services import ROOT, Etcd, Gunicorn, MariaDB, PlainApp, Webdis
+from bench.services import (
+    ROOT,
+    Etcd,
+    Gunicorn,
+    MariaDB,
+    PlainApp,
+    Webdis,
+    driver_of,
+    server_environ,
+)
 
 SCHEMA = "vk_bench"
 SCALE_SCHEMA = "vk_scale"
@@ -276,6 +285,7 @@ class Run:
             "python": platform.python_version(),
             "mariadb": version,
             "connector": ours.connector_line(),
+            "plain_connector": driver_of(server_environ()),
             "wrk": _version(["wrk", "-v"]),
             "gunicorn_config": "gunicorn.conf.py as in the work tree, its defaults (no "
             f"WEB_CONCURRENCY, GUNICORN_THREADS): worker class {ours.worker_class()}",

@@ -17,12 +17,33 @@ import subprocess
 import sys
 import time
 import urllib.request
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import mysql.connector
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@cache
+def server_environ() -> dict[str, str]:
+    """The environment ours and the plain app start in: this one, with the MySQL driver's C
+    extension made loadable as ``python app.py`` makes it (storage/mysql/driver.py), so that
+    both run on the same driver, whichever it is."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from storage.mysql.driver import environ_for_c_extension
+
+    return environ_for_c_extension(os.environ)
+
+
+def driver_of(environ: dict[str, str]) -> str:
+    """Which mysql-connector a server started in ``environ`` runs on (the plain app takes the
+    C extension whenever it loads: mysql.connector.connect's default)."""
+    from storage.mysql.driver import c_extension_loads
+
+    return "C extension" if c_extension_loads(environ) else "pure Python"
 
 
 def free_port() -> int:
@@ -185,7 +206,7 @@ class Gunicorn:
     ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, **(env or {}), "HOST": "127.0.0.1", "PORT": str(self.port)}
+        env = {**server_environ(), **(env or {}), "HOST": "127.0.0.1", "PORT": str(self.port)}
         env["DATABASE_URL"] = database_url
         if workers is not None:
             env["WEB_CONCURRENCY"] = str(workers)
@@ -259,7 +280,7 @@ class PlainApp:
             if worker_class == "gthread"
             else (f"{worker_class} {workers}")
         )
-        env = {**os.environ, "PLAIN_DB_PORT": str(db_port), "PLAIN_DB_NAME": schema}
+        env = {**server_environ(), "PLAIN_DB_PORT": str(db_port), "PLAIN_DB_NAME": schema}
         argv = [
             sys.executable,
             "-m",
