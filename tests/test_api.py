@@ -407,3 +407,17 @@ def test_init_db_command_prepares_the_schema(runner):
     result = runner.invoke(args=["init-db"])
     assert result.exit_code == 0, result.output
     assert "schema ready" in result.output
+
+
+def test_the_app_checks_each_function_for_async_once_and_keeps_a_bounded_record(app):
+    """``VarKeeper.ensure_sync`` (app.py): Flask asks it of every hook on every request."""
+
+    def sync_view() -> str:
+        return "x"
+
+    assert app.ensure_sync(sync_view) is sync_view
+    assert sync_view in app._sync  # answered from the record from now on
+    assert app.ensure_sync(sync_view) is sync_view
+    for number in range(2 * app._MAX_FUNCTIONS):
+        app.ensure_sync(lambda number=number: number)
+    assert len(app._sync) <= app._MAX_FUNCTIONS

@@ -220,6 +220,26 @@ def test_python_app_py_serves_the_metrics_of_its_workers(tmp_path: Path):
     ), metrics.text[:2000]
 
 
+def test_request_ids_made_by_two_workers_never_repeat(tmp_path: Path):
+    """Ids come from ``random``, which each forked worker reseeds: no two workers share one."""
+    port = free_port()
+    env = {"PORT": str(port), "WEB_CONCURRENCY": "2", "DATABASE_URL": f"sqlite:///{tmp_path}/v"}
+    proc = start_python_app_py(env, tmp_path / "app.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(base + "/readyz", ok=lambda s: s == 200)
+        # a new connection each time, so that both workers answer
+        with ThreadPoolExecutor(8) as pool:
+            ids = list(
+                pool.map(lambda _: get(base + "/healthz").headers["X-Request-ID"], range(400))
+            )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    assert len(set(ids)) == len(ids)
+    assert all(re.fullmatch(r"[0-9a-f]{32}", made) for made in ids)
+
+
 @pytest.mark.parametrize(
     "setting", ["DATABASE_PASSWORD_FILE", "READ_TOKENS_FILE", "WRITE_TOKENS_FILE"]
 )
