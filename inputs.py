@@ -466,7 +466,8 @@ def _restore_version(raw: Any) -> int:
 def _ttl(in_body: Any) -> float | None:
     """A write's time to live: ``ttl`` in the body, else in the query string; seconds from 0
     (expired at once) to MAX_TTL_SECONDS, up to 6 decimals. None: permanent."""
-    in_query = request.args.get("ttl")
+    # No query string, no parse (and no KeyError made and caught inside MultiDict.get).
+    in_query = request.args.get("ttl") if request.environ.get("QUERY_STRING") else None
     if in_query is not None and not _TTL_TEXT.fullmatch(in_query):
         in_body = "invalid"  # checked even where the body's ttl wins
     raw = in_body if in_body is not None else in_query
