@@ -307,3 +307,29 @@ def test_a_thousand_names_are_read_by_a_transaction_where_a_url_cannot_hold_them
     assert [r.get("value") for r in results if r["version"] is not None] == ["seven"]
     too_many = post(server.url("/txn"), json={"operations": [*operations, operations[0]]})
     assert too_many.status_code == 413
+
+
+def test_a_worker_keeps_what_it_built_at_start_up_out_of_garbage_collection(tmp_path: Path):
+    """gunicorn.conf.py's post_worker_init freezes the objects the worker has built (the app,
+    its modules), so that full collections no longer scan them while holding the GIL. Run in
+    a process of its own: the config file sets environment variables as it loads."""
+    script = (
+        "import gc, runpy, types\n"
+        "config = runpy.run_path('gunicorn.conf.py')\n"
+        "from app import create_app\n"
+        f"app = create_app({{'DATABASE_URL': 'sqlite:///{tmp_path}/v.db'}})\n"
+        "before = gc.get_freeze_count()\n"
+        "config['post_worker_init'](types.SimpleNamespace(wsgi=app, alive=True))\n"
+        "print(before, gc.get_freeze_count())\n"
+    )
+    env = {
+        **os.environ,  # the directories the config file would otherwise make in /tmp
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path),
+        "VAR_KEEPER_POLICY_LAST_GOOD": str(tmp_path / "policy-in-force"),
+    }
+    argv = [sys.executable, "-c", script]
+    run = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    before, after = map(int, run.stdout.split())
+    assert before == 0
+    assert after > 10_000
