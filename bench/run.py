@@ -143,9 +143,13 @@ def create_schema(app_dir: Path, server_url: str, schema: str) -> None:
     sys.path.insert(0, str(app_dir))
     try:
         import db
+        import watch
         from app import create_app
 
         app = create_app({"DATABASE_URL": f"{server_url}/{schema}"})
+        # The app's background work (sweeper) must not outlive this: it swept the scaling
+        # schema from the benchmark's own process, and failed once the run dropped it.
+        watch.stop_background(app)
         store = db.get_store(app)
         store.ensure_ready()
         store.close()
