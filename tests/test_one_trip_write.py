@@ -9,8 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from storage import queries
+from storage.dialect import MYSQL
 from storage.mysql import MySQLStore
-from tests.servers import scratch_database
+from tests.servers import scratch_database, server_connection
 from tests.test_db import mysql_store
 
 
@@ -129,3 +131,29 @@ def test_an_unconditional_write_is_an_upsert_and_its_log_entry_in_one_batch(stor
     assert store.put("b", "1").created
     assert not store.put("b", "2").created
     assert sent == [["INSERT INTO vars", "INSERT INTO var_changes"]] * 2
+
+
+def test_a_write_racing_a_delete_that_commits_meanwhile_continues_after_its_version(
+    store, mysql_server
+):
+    """The upsert reads the name's history before the row's lock is granted (READ COMMITTED):
+    a delete holding the lock commits version 2 meanwhile, the batch's log entry meets it
+    (1062), and the write goes the long way: version 3, a new variable, nothing lost."""
+    store.put("r", "1")
+    database = store.connections.url.database
+    deleter = server_connection(mysql_server)
+    cur = deleter.cursor()
+    cur.execute(f"USE `{database}`")
+    cur.execute("START TRANSACTION")
+    cur.execute("DELETE FROM vars WHERE name = 'r'")
+    cur.execute(queries.log_gone(MYSQL), (b"r", 2, "delete", None, None))
+    results: list = []
+    writer = threading.Thread(target=lambda: results.append(store.put("r", "after")))
+    writer.start()
+    time.sleep(0.5)  # the writer has read the history and waits on the row's lock
+    cur.execute("COMMIT")
+    writer.join(timeout=10)
+    deleter.close()
+    assert [(r.version, r.created) for r in results] == [(3, True)]
+    assert store.get("r").value == "after"
+    assert versions_logged(store, "r") == [(1, "set"), (2, "delete"), (3, "set")]

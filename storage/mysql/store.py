@@ -51,7 +51,10 @@ _LAST_SEQ = (
 # and the affected rows say which happened (1: inserted, 2: updated). The first assignment
 # checks the row it met: an expired row still in the way gets a NULL version, which the strict
 # sql_mode refuses (``_EXPIRED_IN_THE_WAY``) before anything else ran, and ``MySQLStore._put``
-# goes the long way, which logs the expiry first. VALUES(col) is the value the INSERT would
+# goes the long way, which logs the expiry first. The long way too when the log entry's
+# version is taken (1062): under READ COMMITTED the history was read before the row's lock
+# was granted, and a delete or expiry that held it committed a version meanwhile; the long way
+# takes the lock first. VALUES(col) is the value the INSERT would
 # have written (MySQL 8 deprecates it in favour of a row alias, which MariaDB lacks).
 _UPSERT = (
     "INSERT INTO vars (name, value, version, created_at, updated_at, expires_at) "
@@ -110,7 +113,8 @@ class MySQLStore(SQLStore):
     def _put(self, name: str, value: str, options: WriteOptions) -> WriteResult:
         """An unconditional write goes in one round trip (``_UPSERT`` and its log entry),
         except on Galera (see ``transaction_in_one_trip``); a conditional one, or one that
-        meets an expired row in its way, goes statement by statement (``_put_in``)."""
+        meets an expired row or a just-committed version in its way, goes statement by
+        statement (``_put_in``)."""
         if options.if_version is None and not (options.if_absent or options.if_exists):
             key = name.encode()
             try:
@@ -121,10 +125,10 @@ class MySQLStore(SQLStore):
                     ]
                 )
             except self.connections.errors.IntegrityError as exc:
-                if exc.errno != _EXPIRED_IN_THE_WAY:
+                if exc.errno not in (_EXPIRED_IN_THE_WAY, _DUPLICATE_KEY):
                     raise
                 answers = None
-            if answers is not None:  # None: not sent (Galera), or an expired row in the way
+            if answers is not None:  # None: not sent (Galera), or a row in the way
                 (affected, version, _), _ = answers
                 return WriteResult(int(version), created=affected == _UPSERT_INSERTED)
         return super()._put(name, value, options)
