@@ -159,6 +159,27 @@ def test_the_tutorials_table_is_upgraded_in_place(gunicorn, mysql_server, charse
         assert get(first.url("/var/a")).text == long_value
         version = get(first.url("/var/greeting"), headers={"Accept": "application/json"})
         assert version.json()["version"] == 1
+        # A new name's version is its own, not the number of a row (the tutorial's id is gone).
+        json_accept = {"Accept": "application/json"}
+        created = post(first.url("/var/new-name"), data={"value": "v"}, headers=json_accept)
+        assert created.json()["version"] == 1
+        assert get(first.url("/var/A"), headers=json_accept).json()["version"] == 1
+        assert get(first.url("/var/new-name")).headers["ETag"] == '"1"'
+        conn = server_connection(mysql_server)
+        cur = conn.cursor()
+        cur.execute(
+            "SELECT COLUMN_NAME, COLUMN_KEY FROM information_schema.COLUMNS "
+            "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = 'vars' AND COLUMN_NAME IN ('id', 'name')",
+            (database,),
+        )
+        assert cur.fetchall() == [("name", "PRI")]
+        cur.execute(
+            "SELECT COUNT(DISTINCT INDEX_NAME) FROM information_schema.STATISTICS "
+            "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = 'vars'",
+            (database,),
+        )
+        assert cur.fetchall()[0][0] == 2  # PRIMARY (name) and expires_at: no duplicate of name
+        conn.close()
         logs = first.log() + servers[1].log()
         assert logs.count("schema migrated") == 1
         assert "Traceback" not in logs

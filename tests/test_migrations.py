@@ -114,3 +114,31 @@ def test_a_sqlite_file_of_a_release_before_the_steps_is_upgraded_and_recorded(tm
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == migrations.latest(SQLITE_STEPS)
     conn.close()
+
+
+def test_a_tutorial_table_with_a_nameless_row_is_not_rekeyed_until_the_row_is_dealt_with(
+    mysql_server: str,
+):
+    """Step 7 makes name the primary key; a row without a name (which the tutorial's table
+    allowed) stops it with a message saying what to do, and nothing is deleted."""
+    with scratch_database(mysql_server) as url:
+        server, _, database = url.rpartition("/")
+        conn = server_connection(server)
+        cur = conn.cursor()
+        cur.execute(f"CREATE DATABASE `{database}`")
+        cur.execute(
+            f"CREATE TABLE `{database}`.vars (id INT AUTO_INCREMENT PRIMARY KEY, "
+            "name VARCHAR(100), value VARCHAR(100), UNIQUE (name))"
+        )
+        cur.execute(f"INSERT INTO `{database}`.vars (name, value) VALUES ('a', '1'), (NULL, 'x')")
+        store = open_store(url)
+        with pytest.raises(db.StoreUnavailable, match=r"1 row\(s\) without a name"):
+            store.ensure_ready()
+        cur.execute(f"SELECT COUNT(*) FROM `{database}`.vars")
+        assert cur.fetchall()[0][0] == 2
+        cur.execute(f"DELETE FROM `{database}`.vars WHERE name IS NULL")
+        store.ensure_ready()
+        assert store.get("a").value == "1"
+        assert store.put("b", "2").version == 1
+        store.close()
+        conn.close()

@@ -84,7 +84,7 @@ CREATE TABLE IF NOT EXISTS var_schema (
 # The tutorial's table: vars(id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(100),
 # value VARCHAR(100), UNIQUE (name)), in the server's default character set (latin1 on older
 # MariaDB). CONVERT re-encodes both columns to utf8mb4 before the name becomes bytes, so every
-# existing row stays readable; its id column stays, unused.
+# existing row stays readable. Its id column goes in step 7 (``_drop_tutorial_id``).
 _TUTORIAL_MIGRATION = (
     "ALTER TABLE vars CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
     "UPDATE vars SET value = '' WHERE value IS NULL",
@@ -193,6 +193,48 @@ def _add_pruned_through(cur: Any) -> str:
     return MIGRATED if cur.rowcount else UP_TO_DATE
 
 
+def _drop_tutorial_id(cur: Any) -> str:
+    """Step 7: the tutorial's ``id INT AUTO_INCREMENT`` primary key goes and ``name`` becomes
+    the primary key, as in a table created here. While it stayed, every INSERT that made a
+    name generated an id, and the server answered that id where the write reads the version
+    it set with LAST_INSERT_ID(expr): a new name's version and ETag were a row number. Rows
+    without a name (the tutorial's column allowed NULL; its app never wrote one, and no request
+    can read one) stop the step with a message, not a deletion."""
+    if "id" not in _columns(cur, "vars"):
+        return UP_TO_DATE
+    cur.execute("SELECT COUNT(*) FROM vars WHERE name IS NULL")
+    nameless = int(cur.fetchall()[0][0])
+    if nameless:
+        raise StoreUnavailable(
+            f"the vars table has {nameless} row(s) without a name (the tutorial's table allowed "
+            "them; no request can read them): delete them or give them names, and the schema "
+            "is upgraded on the next try"
+        )
+    # The tutorial's UNIQUE (name) would only duplicate the new primary key.
+    cur.execute(
+        "SELECT DISTINCT INDEX_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = "
+        "DATABASE() AND TABLE_NAME = 'vars' AND INDEX_NAME <> 'PRIMARY' AND NON_UNIQUE = 0 "
+        "AND INDEX_NAME NOT IN (SELECT INDEX_NAME FROM information_schema.STATISTICS WHERE "
+        "TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'vars' AND COLUMN_NAME <> 'name')"
+    )
+    drops = [f"DROP INDEX `{str(row[0]).replace('`', '``')}`" for row in cur.fetchall()]
+    statement = ", ".join(
+        [
+            "ALTER TABLE vars DROP COLUMN id",
+            *drops,
+            f"MODIFY name VARBINARY({NAME_COLUMN_BYTES}) NOT NULL",
+            "ADD PRIMARY KEY (name)",
+        ]
+    )
+    try:
+        cur.execute(statement)  # one ALTER: atomic
+    except errors.Error:
+        if "id" in _columns(cur, "vars"):  # not another instance's doing
+            raise
+        return UP_TO_DATE
+    return MIGRATED
+
+
 STEPS = (
     Step(1, "the vars table", _create_vars),
     Step(2, "vars.expires_at", _add_expiry),
@@ -200,6 +242,7 @@ STEPS = (
     Step(4, "var_changes.id: entries numbered after the commit", _add_change_ids),
     Step(5, "var_changes.txn", _add_change_txn),
     Step(6, "the retention watermark (var_pruned)", _add_pruned_through),
+    Step(7, "vars keyed by name: the tutorial's id column dropped", _drop_tutorial_id),
 )
 
 
