@@ -7,7 +7,7 @@
 # Base image: Debian trixie "slim" (glibc, as mysql-connector-python ships C wheels for glibc
 # only; no Alpine). Trixie has OpenSSL 3.5: mysql-connector's C extension needs OpenSSL >= 3.2,
 # and bookworm-based images (OpenSSL 3.0) silently fall back to the pure-Python protocol. The
-# app logs at start-up which one it got ("C extension loaded" / "not loaded").
+# app logs at start-up which one it got ("connection class CMySQLConnection (C extension)").
 # Classic-builder syntax only (no RUN --mount, COPY --chmod/--link or heredocs): the image must
 # also build where BuildKit is not available.
 

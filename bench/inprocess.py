@@ -96,8 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="and where the time goes")
     args = parser.parse_args(argv)
     server_env = server_environ()
-    if server_env != os.environ:  # the servers' driver (bench/services.py): start again
+    if server_env != os.environ and not os.environ.get(
+        "VK_INPROCESS_STARTED_AGAIN"
+    ):  # the servers' driver (bench/services.py): start again
         command = [sys.executable, "-m", "bench.inprocess", *(argv or sys.argv[1:])]
+        server_env["VK_INPROCESS_STARTED_AGAIN"] = "1"  # once, whatever the probe says then
         os.execve(sys.executable, command, server_env)  # noqa: S606 - ourselves, same arguments
     host_port = args.server_url.rsplit("@", 1)[-1]
     os.environ["PLAIN_DB_PORT"] = host_port.rsplit(":", 1)[-1]

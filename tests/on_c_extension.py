@@ -29,6 +29,12 @@ def _on_the_c_extension() -> None:
     assert mysql.connector.HAVE_CEXT, "this module must run where the C extension loads"
 
 
+def test_the_store_here_runs_on_the_c_extension(store: MySQLStore):
+    assert not store.connections._use_pure
+    with store.connections.cursor() as cur:
+        assert type(cur).__mro__[1].__name__ == "CMySQLCursor"  # storage/mysql/driver.py's
+
+
 def test_a_connection_killed_while_idle_for_a_second_is_replaced(
     store: MySQLStore, mysql_server: str
 ):

@@ -18,6 +18,8 @@ from tests.servers import free_port, scratch_database, wait_for_http
 from tests.test_gunicorn import start_python_app_py
 
 ROOT = Path(__file__).resolve().parent.parent
+# The SQLite runs of the parametrized tests are left out: this is about the MySQL driver.
+PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +31,7 @@ def c_environ() -> dict[str, str]:
 
 def test_the_store_tests_pass_on_the_c_extension(c_environ, mysql_server: str):
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/on_c_extension.py"],
+        [*PYTEST, "tests/on_c_extension.py", "-k", "not sqlite"],
         cwd=ROOT,
         env={**c_environ, "TEST_DATABASE_URL": mysql_server},
         capture_output=True,
@@ -64,3 +66,19 @@ def test_python_app_py_serves_on_the_c_extension(mysql_server: str, tmp_path: Pa
             assert proc.wait(timeout=30) == 0
     text = log.read_text()
     assert "connection class CMySQLConnection (C extension)" in text, text[-3000:]
+
+
+def test_python_in_that_environment_still_trusts_the_systems_certificates():
+    """The bundled OpenSSL was built to look in /usr/local/mysql/ssl: SSL_CERT_FILE and
+    SSL_CERT_DIR point it at the system's certificates, or TLS could verify nothing."""
+    plain = {k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+    environ = environ_for_c_extension(plain)
+    assert "LD_LIBRARY_PATH" in environ  # this host needs the bundled OpenSSL
+    count = "import ssl; print(len(ssl.create_default_context().get_ca_certs()))"
+
+    def trusted(env: dict[str, str]) -> int:
+        run = subprocess.run([sys.executable, "-c", count], env=env, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        return int(run.stdout)
+
+    assert trusted(environ) == trusted(plain) > 0

@@ -29,6 +29,7 @@ Import ``mysql.connector`` from here so that the fix is in place before any stat
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 from collections import deque
@@ -107,7 +108,11 @@ def environ_for_c_extension(environ: Mapping[str, str]) -> dict[str, str]:
     """``environ`` for a server process, with the connector's bundled OpenSSL first on the
     library path if the C extension cannot load without it and can with it (see the module's
     doc). Unchanged where the extension loads anyway (the image), and where the wheel carries
-    no OpenSSL or the extension will not load either way (the pure-Python driver serves)."""
+    no OpenSSL or the extension will not load either way (the pure-Python driver serves).
+
+    The bundled OpenSSL looks for trusted certificates under the folder it was built for
+    (/usr/local/mysql/ssl), which a system has not: ``SSL_CERT_FILE`` and ``SSL_CERT_DIR``, where
+    unset, point at the system OpenSSL's own, so that TLS verifies as it did."""
     environ = dict(environ)
     bundled = Path(mysql.connector.__file__).resolve().parent.parent / "vendor"
     if not (bundled / "libssl.so.3").is_file() or c_extension_loads(environ):
@@ -117,12 +122,23 @@ def environ_for_c_extension(environ: Mapping[str, str]) -> dict[str, str]:
         **environ,
         "LD_LIBRARY_PATH": os.pathsep.join(filter(None, [str(bundled), path])),
     }
+    system = ssl.get_default_verify_paths()  # this process's ssl: the system's OpenSSL
+    for variable, found in (
+        (system.openssl_cafile_env, system.cafile),
+        (system.openssl_capath_env, system.capath),
+    ):
+        if found and variable not in with_bundled:
+            with_bundled[variable] = found
     return with_bundled if c_extension_loads(with_bundled) else environ
 
 
 def c_extension_loads(environ: Mapping[str, str]) -> bool:
-    """Whether a new process of this interpreter, in ``environ``, loads the C extension."""
-    probe = subprocess.run(  # noqa: S603 - our own interpreter, a fixed statement
-        [sys.executable, "-c", _PROBE], env=environ, capture_output=True, timeout=60, check=False
-    )
+    """Whether a new process of this interpreter, in ``environ``, loads the C extension (a
+    probe that does not answer within a minute counts as no)."""
+    try:
+        probe = subprocess.run(  # noqa: S603 - our own interpreter, a fixed statement
+            [sys.executable, "-c", _PROBE], env=environ, capture_output=True, timeout=60
+        )
+    except subprocess.TimeoutExpired:
+        return False
     return probe.returncode == 0
