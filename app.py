@@ -44,7 +44,9 @@ class VarKeeper(Flask):
     on every request (``inspect.iscoroutinefunction``, 8 times a GET here), which showed in
     every request's profile (bench/results/profile-inprocess.txt). None of ours is async."""
 
-    _MAX_FUNCTIONS = 1000  # hooks, views, handlers; a function made per request stays out
+    # Hooks, views, handlers. Past this many, a new function is checked every time (none of ours
+    # is made per request: they would stay recorded until then).
+    _MAX_FUNCTIONS = 1000
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -104,6 +104,7 @@ class JsonAccessLogger(Logger):
             "duration_ms": round(request_time.total_seconds() * 1000, 3),
             "request_id": request_id,
             "user_agent": environ.get("HTTP_USER_AGENT"),
+            "pid": os.getpid(),  # the worker that answered, as the other lines' [pid]
         }
         self.access_log.info(_json_line(record))
 
@@ -120,7 +121,8 @@ _json_line = json.JSONEncoder(ensure_ascii=False).encode
 accesslog = "-"
 errorlog = "-"
 loglevel = "info"
-# One JSON object a line: time, remote, method, path, status, bytes, duration_ms, request_id.
+# One JSON object a line: time, remote, method, path, status, bytes, duration_ms, request_id,
+# user_agent, pid.
 logger_class = JsonAccessLogger
 # No preload: each worker imports the app after the fork, so no connection crosses a fork and
 # each worker starts its own background work (schema preparation, sweeper: watch.py).

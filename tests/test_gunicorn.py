@@ -245,7 +245,8 @@ def test_request_ids_made_by_two_workers_never_repeat(tmp_path: Path):
     """Ids come from ``random``, which each forked worker reseeds: no two workers share one."""
     port = free_port()
     env = {"PORT": str(port), "WEB_CONCURRENCY": "2", "DATABASE_URL": f"sqlite:///{tmp_path}/v"}
-    proc = start_python_app_py(env, tmp_path / "app.log")
+    log = tmp_path / "app.log"
+    proc = start_python_app_py(env, log)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(base + "/readyz", ok=lambda s: s == 200)
@@ -259,6 +260,9 @@ def test_request_ids_made_by_two_workers_never_repeat(tmp_path: Path):
         assert proc.wait(timeout=30) == 0
     assert len(set(ids)) == len(ids)
     assert all(re.fullmatch(r"[0-9a-f]{32}", made) for made in ids)
+    answered = [json.loads(line) for line in log.read_text().splitlines() if '"/healthz"' in line]
+    by_worker = {line["pid"] for line in answered if line["request_id"] in ids}
+    assert len(by_worker) == 2, f"one worker answered all {len(answered)} requests"
 
 
 @pytest.mark.parametrize(
