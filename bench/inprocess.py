@@ -1,22 +1,32 @@
-"""What one request costs in Python, without gunicorn or a network client: the WSGI apps called
+"""What one request costs, without gunicorn or a network client: the WSGI apps called
 directly, one request after another, ours beside bench/plain_app.py and its constant route.
 
-    python -m bench.inprocess mysql://root@127.0.0.1:3306 [--requests 2000] [--profile]
+    python -m bench.inprocess mysql://root@127.0.0.1:3306 [--requests 2000] [--profile] [--hooks]
 
-Creates the database ``vk_inprocess`` on that server (the app's own schema code), measures
-microseconds a GET and a POST of a new name, and drops the database. No concurrency, so the
-figures are per-request costs (the database's answer included), not throughput.
+Creates the database ``vk_inprocess`` on that server (the app's own schema code), measures a
+GET and a POST of a new name, and drops the database. No concurrency, so the figures are
+per-request costs, not throughput: the wall time (the database's answer included), the CPU
+time of the Python thread that served it (the app and the driver), and, when the server runs on
+this machine and its pid file can be read, the CPU time the database server spent (all its
+threads, so anything else it serves meanwhile counts too). On a machine where the database and
+the app share the cores, the two CPU figures together bound the throughput.
 
 ``--profile`` also runs each GET and POST job once under cProfile and prints, per module (a
 package of site-packages, or a file of ours or of the standard library), the microseconds of
 self time a request spends there, ours beside the plain app's: where our extra time goes.
 cProfile slows every Python call alike, so the figures are for comparing, not absolute.
+
+``--hooks`` measures what each of our app-wide request hooks costs: the Python CPU time of a
+GET and of a POST with that hook left out, and with all of them left out, against all in
+(the least of several interleaved rounds: CPU time, so the machine's other work disturbs it
+less than wall time).
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import itertools
 import os
 import pstats
 import statistics
@@ -24,26 +34,44 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mysql.connector
+from flask import Flask
 from werkzeug.test import EnvironBuilder
 
+from bench.server_cpu import ServerCpu
 from bench.services import ROOT, server_environ
 
 SCHEMA = "vk_inprocess"
 
 
-def per_request_us(app: Callable[..., Any], environs: list[dict[str, Any]]) -> float:
+@dataclass
+class Cost:
+    """Microseconds a request: wall time, the serving thread's CPU, the database server's CPU
+    (None: not measured)."""
+
+    wall: float
+    python: float
+    database: float | None
+
+
+def cost_a_request(
+    app: Callable[..., Any], environs: list[dict[str, Any]], server: ServerCpu | None = None
+) -> Cost:
     def start_response(*_: Any) -> None:
         pass
 
-    started = time.perf_counter()
+    database = server.seconds() if server else 0.0
+    started, cpu = time.perf_counter(), time.thread_time()
     for environ in environs:
         for _ in app(environ, start_response):
             pass
-    return (time.perf_counter() - started) / len(environs) * 1e6
+    n = len(environs)
+    wall, python = (time.perf_counter() - started) / n * 1e6, (time.thread_time() - cpu) / n * 1e6
+    return Cost(wall, python, (server.seconds() - database) / n * 1e6 if server else None)
 
 
 def self_time_by_module(app: Callable[..., Any], environs: list[dict[str, Any]]) -> Counter[str]:
@@ -73,12 +101,48 @@ def self_time_by_module(app: Callable[..., Any], environs: list[dict[str, Any]])
     return per_module
 
 
+def hook_costs(
+    app: Flask, make: Callable[[], list[dict[str, Any]]], rounds: int
+) -> list[tuple[str, float]]:
+    """The Python CPU microseconds a request with all our app-wide hooks (``all in``), then
+    for each hook and for all of them what leaving it out changes: the least of ``rounds``
+    interleaved rounds each."""
+    registries = (app.before_request_funcs, app.after_request_funcs, app.teardown_request_funcs)
+    kept = [list(registry.get(None, [])) for registry in registries]
+    hooks = [hook for funcs in kept for hook in funcs]
+    variants: dict[str, set[Callable[..., Any]]] = {"all in": set()}
+    for hook in hooks:
+        variants[f"without {hook.__module__}.{hook.__name__}"] = {hook}
+    variants["without any of them"] = set(hooks)
+    least: dict[str, float] = {}
+    try:
+        for _ in range(rounds):
+            for label, left_out in variants.items():
+                for registry, funcs in zip(registries, kept, strict=True):
+                    registry[None] = [hook for hook in funcs if hook not in left_out]
+                cost = cost_a_request(app.wsgi_app, make()).python
+                least[label] = min(least.get(label, cost), cost)
+    finally:
+        for registry, funcs in zip(registries, kept, strict=True):
+            registry[None] = funcs
+    base = least["all in"]
+    return [(label, cost if label == "all in" else cost - base) for label, cost in least.items()]
+
+
 def print_profile(job: str, ours: Counter[str], plain: Counter[str], top: int = 20) -> None:
     print(f"\n{job}: self time a request under cProfile, us (ours, plain app, difference)")
     print(f"  {'all':<44} {sum(ours.values()):8.1f} {sum(plain.values()):8.1f}")
     for module in sorted(set(ours) | set(plain), key=lambda m: plain[m] - ours[m])[:top]:
         difference = ours[module] - plain[module]
         print(f"  {module:<44} {ours[module]:8.1f} {plain[module]:8.1f} {difference:+8.1f}")
+
+
+def _server_cpu(store: Any) -> ServerCpu | None:
+    conn = store.connections.connect(None)
+    try:
+        return ServerCpu.of(conn.cursor())
+    finally:
+        conn.close()
 
 
 def environ(method: str, path: str, value: str | None = None) -> dict[str, Any]:
@@ -94,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="and where the time goes")
+    parser.add_argument("--hooks", action="store_true", help="and what each hook of ours costs")
     args = parser.parse_args(argv)
     server_env = server_environ()
     if server_env != os.environ and not os.environ.get(
@@ -117,40 +182,56 @@ def main(argv: list[str] | None = None) -> int:
     try:
         store.put("k1", "hello world")
         n = args.requests
+        fresh = itertools.count()  # a new name for every POST, in every round and variant
+
+        def gets() -> list[dict[str, Any]]:
+            return [environ("GET", "/var/k1") for _ in range(n)]
+
+        def posts() -> list[dict[str, Any]]:
+            return [environ("POST", f"/var/n{next(fresh)}", "v") for _ in range(n // 2)]
+
+        def constants() -> list[dict[str, Any]]:
+            return [environ("GET", "/constant") for _ in range(n)]
+
         jobs = {
-            "ours GET": (app.wsgi_app, lambda r: [environ("GET", "/var/k1") for _ in range(n)]),
-            "plain GET": (
-                plain_app.app.wsgi_app,
-                lambda r: [environ("GET", "/var/k1") for _ in range(n)],
-            ),
-            "constant GET": (
-                plain_app.app.wsgi_app,
-                lambda r: [environ("GET", "/constant") for _ in range(n)],
-            ),
-            "ours POST new": (
-                app.wsgi_app,
-                lambda r: [environ("POST", f"/var/o{r}-{i}", "v") for i in range(n // 2)],
-            ),
-            "plain POST new": (
-                plain_app.app.wsgi_app,
-                lambda r: [environ("POST", f"/var/p{r}-{i}", "v") for i in range(n // 2)],
-            ),
+            "ours GET": (app.wsgi_app, gets),
+            "plain GET": (plain_app.app.wsgi_app, gets),
+            "constant GET": (plain_app.app.wsgi_app, constants),
+            "ours POST new": (app.wsgi_app, posts),
+            "plain POST new": (plain_app.app.wsgi_app, posts),
         }
-        results: dict[str, list[float]] = {job: [] for job in jobs}
-        for round_number in range(args.rounds):
+        server = _server_cpu(store)
+        results: dict[str, list[Cost]] = {job: [] for job in jobs}
+        for _ in range(args.rounds):
             for job, (wsgi, make) in jobs.items():
-                results[job].append(per_request_us(wsgi, make(round_number)))
+                results[job].append(cost_a_request(wsgi, make(), server))
         driver = "C extension" if mysql.connector.HAVE_CEXT else "pure Python"
         print(f"# mysql-connector: {driver} (ours and the plain app)")
-        for job, figures in results.items():
-            print(f"{job:<16} {statistics.median(figures):8.1f} us a request (median of rounds)")
+        print(f"# us a request, median of {args.rounds} rounds of {n} (POST: {n // 2})")
+        print(f"{'job':<16} {'wall':>8} {'Python CPU':>11} {'database CPU':>13}")
+        for job, costs in results.items():
+            database = [cost.database for cost in costs if cost.database is not None]
+            print(
+                f"{job:<16} {statistics.median(cost.wall for cost in costs):8.1f} "
+                f"{statistics.median(cost.python for cost in costs):11.1f} "
+                + (f"{statistics.median(database):13.1f}" if database else f"{'n/a':>13}")
+            )
+        if args.hooks:
+            for method, make in (("GET", gets), ("POST new", posts)):
+                print(f"\n{method}: Python CPU a request, us, our app-wide hooks left out")
+                for label, cost in hook_costs(app, make, rounds=2 * args.rounds):
+                    print(
+                        f"  {label:<44} {cost:+8.1f}"
+                        if label != "all in"
+                        else f"  {label:<44} {cost:8.1f}"
+                    )
         if args.profile:
             for method in ("GET", "POST new"):
                 ours, plain = jobs[f"ours {method}"], jobs[f"plain {method}"]
                 print_profile(
                     method,
-                    self_time_by_module(ours[0], ours[1](args.rounds)),
-                    self_time_by_module(plain[0], plain[1](args.rounds)),
+                    self_time_by_module(ours[0], ours[1]()),
+                    self_time_by_module(plain[0], plain[1]()),
                 )
     finally:
         store.close()

@@ -319,6 +319,20 @@ def write(data: dict[str, Any], out: Path, chart: bool = True) -> None:
         ]
     if profiles := profile_lines(data):
         lines += ["## Profile of the loaded workers (py-spy)", "", *profiles]
+    if one_client := meta.get("one_client"):
+        lines += [
+            "## Where a request's time goes (one client, same run, same MariaDB)",
+            "",
+            "Per request, microseconds. `bench.inprocess` calls the apps directly (no gunicorn,",
+            "no network client): wall time, the serving thread's CPU, the database server's CPU;",
+            "then each of our app-wide hooks left out in turn; then cProfile's self time per",
+            "module. `bench.statements` sends our statements and the plain app's from one client.",
+            "Where the database and the app share the cores, the two CPU figures together bound",
+            "the throughput.",
+            "",
+        ]
+        for text in one_client.values():
+            lines += ["```", text, "```", ""]
     (out / "results.md").write_text("\n".join(lines).rstrip() + "\n")
     if chart and any(not r["note"] for r in data["results"]):
         draw(data, out / "throughput.png")

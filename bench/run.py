@@ -267,6 +267,8 @@ class Run:
             self.compare(mariadb)
         ours.stop()
         plain.stop()
+        if args.profile:
+            self.meta["one_client"] = self.one_client(mariadb)
         if args.matrix:
             self.matrix(mariadb)
         if args.scaling:
@@ -340,6 +342,22 @@ class Run:
             out[name] = profile_worker(
                 ours, job, jobs[job], self.duration, self.args.results / f"profile-{_slug(name)}"
             )
+        return out
+
+    def one_client(self, mariadb: MariaDB) -> dict[str, str]:
+        """Where a request's time goes, one client, nothing else running: bench.inprocess (the
+        apps called directly, each of our hooks left out in turn, cProfile) and
+        bench.statements (what our statements cost the database), on the private MariaDB."""
+        out: dict[str, str] = {}
+        for tool, options in (("inprocess", ["--hooks", "--profile"]), ("statements", [])):
+            self.log(f"one client: bench.{tool}")
+            command = [sys.executable, "-m", f"bench.{tool}", mariadb.server_url, *options]
+            done = subprocess.run(
+                command, cwd=ROOT, capture_output=True, text=True, check=False, timeout=900
+            )
+            if done.returncode != 0:
+                raise RuntimeError(f"bench.{tool} failed:\n{done.stderr[-3000:]}")
+            out[tool] = f"$ python -m bench.{tool} {' '.join(options)}\n{done.stdout}".rstrip()
         return out
 
     def compare(self, mariadb: MariaDB) -> None:
