@@ -60,24 +60,27 @@ def init_app(app: Flask) -> None:
 
 @bp.before_app_request
 def start_request() -> None:
-    incoming = request.headers.get("X-Request-ID", "")
+    here = g._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup
+    here.started = time.perf_counter()
+    incoming = request.environ.get("HTTP_X_REQUEST_ID", "")
     # 128 random bits name a request uniquely; an id is for tracing, not a secret, so it comes
     # from ``random`` (reseeded in each forked worker), not ``os.urandom``: a system call,
     # which lets another thread take the GIL mid-request (it showed in loaded workers' profiles).
-    g.request_id = incoming if _REQUEST_ID.match(incoming) else f"{random.getrandbits(128):032x}"
-    g.started = time.perf_counter()
+    here.request_id = incoming if _REQUEST_ID.match(incoming) else f"{random.getrandbits(128):032x}"
 
 
 @bp.after_app_request
 def finish_request(response: Response) -> Response:
+    here = g._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup each
+    current = request._get_current_object()  # type: ignore[attr-defined]
     # Set nowhere else: added without a search for an earlier one (as app.security_headers).
-    response.headers.add("X-Request-ID", g.get("request_id", ""))
-    current = request._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup
+    response.headers.add("X-Request-ID", getattr(here, "request_id", ""))
     rule = current.url_rule
     count, timer = _series(current.method, rule.rule if rule else "unmatched", response.status_code)
     count.inc()
-    if "started" in g:
-        timer.observe(time.perf_counter() - g.started)
+    started = getattr(here, "started", None)
+    if started is not None:
+        timer.observe(time.perf_counter() - started)
     return response
 
 

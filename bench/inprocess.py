@@ -16,10 +16,8 @@ package of site-packages, or a file of ours or of the standard library), the mic
 self time a request spends there, ours beside the plain app's: where our extra time goes.
 cProfile slows every Python call alike, so the figures are for comparing, not absolute.
 
-``--hooks`` measures what each of our app-wide request hooks costs: the Python CPU time of a
-GET and of a POST with that hook left out, and with all of them left out, against all in
-(the least of several interleaved rounds: CPU time, so the machine's other work disturbs it
-less than wall time).
+``--hooks`` measures what our app-wide request hooks cost a GET and a POST: the median time
+inside each, and the Python CPU time of a request with all of them left out against all in.
 """
 
 from __future__ import annotations
@@ -104,29 +102,53 @@ def self_time_by_module(app: Callable[..., Any], environs: list[dict[str, Any]])
 def hook_costs(
     app: Flask, make: Callable[[], list[dict[str, Any]]], rounds: int
 ) -> list[tuple[str, float]]:
-    """The Python CPU microseconds a request with all our app-wide hooks (``all in``), then
-    for each hook and for all of them what leaving it out changes: the least of ``rounds``
-    interleaved rounds each."""
+    """What our app-wide hooks cost a request, in microseconds: the median time inside each
+    hook (every call timed: medians shrug off the machine's noise, but miss work a hook
+    causes later), then the Python CPU time of a request with all of them in, and what
+    leaving all of them out changes (the median over rounds of the difference from the same
+    round's ``all in``: pairs close in time, so the machine's drift cancels)."""
     registries = (app.before_request_funcs, app.after_request_funcs, app.teardown_request_funcs)
     kept = [list(registry.get(None, [])) for registry in registries]
-    hooks = [hook for funcs in kept for hook in funcs]
-    variants: dict[str, set[Callable[..., Any]]] = {"all in": set()}
-    for hook in hooks:
-        variants[f"without {hook.__module__}.{hook.__name__}"] = {hook}
-    variants["without any of them"] = set(hooks)
-    least: dict[str, float] = {}
+    inside: dict[str, list[float]] = {}
+
+    def timed(hook: Callable[..., Any]) -> Callable[..., Any]:
+        calls = inside.setdefault(f"inside {hook.__module__}.{hook.__name__}", [])
+
+        def call(*args: Any) -> Any:
+            started = time.perf_counter_ns()
+            try:
+                return hook(*args)
+            finally:
+                calls.append((time.perf_counter_ns() - started) / 1000)
+
+        return call
+
+    with_all: list[float] = []
+    without: list[float] = []
     try:
+        for registry, funcs in zip(registries, kept, strict=True):
+            registry[None] = [timed(hook) for hook in funcs]
+        cost_a_request(app.wsgi_app, make())
+        for registry, funcs in zip(registries, kept, strict=True):
+            registry[None] = funcs
         for _ in range(rounds):
-            for label, left_out in variants.items():
-                for registry, funcs in zip(registries, kept, strict=True):
-                    registry[None] = [hook for hook in funcs if hook not in left_out]
-                cost = cost_a_request(app.wsgi_app, make()).python
-                least[label] = min(least.get(label, cost), cost)
+            with_all.append(cost_a_request(app.wsgi_app, make()).python)
+            for registry in registries:
+                registry[None] = []
+            without.append(cost_a_request(app.wsgi_app, make()).python)
+            for registry, funcs in zip(registries, kept, strict=True):
+                registry[None] = funcs
     finally:
         for registry, funcs in zip(registries, kept, strict=True):
             registry[None] = funcs
-    base = least["all in"]
-    return [(label, cost if label == "all in" else cost - base) for label, cost in least.items()]
+    return [
+        *((label, statistics.median(calls)) for label, calls in inside.items()),
+        ("request, all in (Python CPU)", statistics.median(with_all)),
+        (
+            "request, none of them: change",
+            statistics.median(b - a for a, b in zip(with_all, without, strict=True)),
+        ),
+    ]
 
 
 def print_profile(job: str, ours: Counter[str], plain: Counter[str], top: int = 20) -> None:
@@ -218,13 +240,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         if args.hooks:
             for method, make in (("GET", gets), ("POST new", posts)):
-                print(f"\n{method}: Python CPU a request, us, our app-wide hooks left out")
+                print(f"\n{method}: our app-wide hooks, us a request")
                 for label, cost in hook_costs(app, make, rounds=2 * args.rounds):
-                    print(
-                        f"  {label:<44} {cost:+8.1f}"
-                        if label != "all in"
-                        else f"  {label:<44} {cost:8.1f}"
-                    )
+                    print(f"  {label:<48} {cost:8.1f}")
         if args.profile:
             for method in ("GET", "POST new"):
                 ours, plain = jobs[f"ours {method}"], jobs[f"plain {method}"]
