@@ -105,20 +105,16 @@ def _dumps(data: dict[str, Any]) -> str:
     return json.dumps(data, ensure_ascii=False)
 
 
-def _time(moment: datetime) -> str:
-    return f"{moment:%Y-%m-%dT%H:%M:%S.%f}Z"  # every stored time is UTC
-
-
 def _variable_dict(var: db.Variable, with_history: bool) -> dict[str, Any]:
     data: dict[str, Any] = {"name": var.name, "value": var.value}
     if with_history:
         data.update(
             version=var.version,
-            created_at=_time(var.created_at),
-            updated_at=_time(var.updated_at),
+            created_at=db.utc_text(var.created_at),
+            updated_at=db.utc_text(var.updated_at),
         )
         if var.expires_at is not None:
-            data["expires_at"] = _time(var.expires_at)
+            data["expires_at"] = db.utc_text(var.expires_at)
     return data
 
 
@@ -129,7 +125,7 @@ def _change_dict(change: db.Change) -> dict[str, Any]:
         "version": change.version,
         "op": change.op,
         "value": change.value,
-        "changed_at": _time(change.changed_at),
+        "changed_at": db.utc_text(change.changed_at),
         "actor": change.actor,
         "txn": change.txn,
     }

@@ -37,6 +37,7 @@ from storage import (
     deadline,
     name_problem,
     next_prefix,
+    utc_text,
 )
 from storage import open_store as _open_store
 
@@ -63,6 +64,7 @@ __all__ = [
     "next_prefix",
     "open_store",
     "ready_store",
+    "utc_text",
 ]
 
 log = logging.getLogger("var_keeper.db")

@@ -8,7 +8,6 @@ once, whichever view serves it.
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from typing import Any
 
 from flask import Response, request
@@ -34,10 +33,6 @@ def text_response(body: str, status: int = 200) -> Response:
     return Response(body, status=status, content_type=TEXT)
 
 
-def timestamp(moment: datetime) -> str:
-    return f"{moment:%Y-%m-%dT%H:%M:%S.%f}Z"  # every stored time is UTC (a listing's hot spot)
-
-
 def variable_dict(var: db.Variable) -> dict[str, Any]:
     """A variable as JSON; ``value`` only when it was read (listings may leave it out)."""
     data: dict[str, Any] = {"name": var.name}
@@ -45,11 +40,11 @@ def variable_dict(var: db.Variable) -> dict[str, Any]:
         data["value"] = var.value
     data.update(
         version=var.version,
-        created_at=timestamp(var.created_at),
-        updated_at=timestamp(var.updated_at),
+        created_at=db.utc_text(var.created_at),
+        updated_at=db.utc_text(var.updated_at),
     )
     if var.expires_at is not None:
-        data["expires_at"] = timestamp(var.expires_at)
+        data["expires_at"] = db.utc_text(var.expires_at)
     return data
 
 
@@ -58,7 +53,7 @@ def change_dict(change: db.Change) -> dict[str, Any]:
     data: dict[str, Any] = {"name": change.name, "version": change.version, "op": change.op}
     if change.value is not None:
         data["value"] = change.value
-    data.update(seq=change.seq, changed_at=timestamp(change.changed_at))
+    data.update(seq=change.seq, changed_at=db.utc_text(change.changed_at))
     if change.actor is not None:
         data["actor"] = change.actor
     if change.txn is not None:

@@ -32,6 +32,7 @@ from storage.model import (
     WriteResult,
     name_problem,
     next_prefix,
+    utc_text,
 )
 from storage.store import Store
 from storage.url import DatabaseURL
@@ -56,6 +57,7 @@ __all__ = [
     "name_problem",
     "next_prefix",
     "open_store",
+    "utc_text",
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from urllib.parse import quote
 
 import pytest
@@ -233,7 +234,7 @@ def test_json_representation_has_name_value_version_and_timestamps(client):
     assert body["name"] == "a"
     assert body["value"] == "two"
     assert body["version"] == 2
-    assert body["created_at"].endswith("Z")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", body["created_at"])
     assert body["updated_at"] >= body["created_at"]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,14 @@ def test_sqlite_urls_take_relative_and_absolute_paths():
 def test_bad_urls_are_rejected_with_a_clear_message(bad):
     with pytest.raises(ValueError, match="DATABASE_URL"):
         db.DatabaseURL.parse(bad)
+
+
+def test_a_stored_time_is_written_as_rfc3339_utc_with_microseconds():
+    aware = datetime(2026, 12, 1, 3, 45, 0, 120, tzinfo=UTC)
+    assert db.utc_text(aware) == "2026-12-01T03:45:00.000120Z"
+    assert db.utc_text(aware.replace(tzinfo=None)) == "2026-12-01T03:45:00.000120Z"
+    assert db.utc_text(datetime(33, 1, 2, tzinfo=UTC)) == "0033-01-02T00:00:00.000000Z"
+    assert datetime.fromisoformat(db.utc_text(aware)) == aware  # and reads back
 
 
 def test_next_prefix_is_the_smallest_string_after_the_prefix_range():
