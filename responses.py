@@ -24,9 +24,12 @@ def wants_json(default_json: bool = False) -> bool:
     return best == "application/json"
 
 
+# One encoder for every answer (json.dumps with options builds a new one per call).
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def json_response(data: Any, status: int = 200) -> Response:
-    body = json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n"
-    return Response(body, status=status, mimetype="application/json")
+    return Response(_encode(data) + "\n", status=status, mimetype="application/json")
 
 
 def text_response(body: str, status: int = 200) -> Response:
