@@ -346,7 +346,7 @@ class Run:
 
     def one_client(self, mariadb: MariaDB) -> dict[str, str]:
         """Where a request's time goes, one client, nothing else running: bench.inprocess (the
-        apps called directly, each of our hooks left out in turn, cProfile) and
+        apps called directly, the time inside each of our hooks, cProfile) and
         bench.statements (what our statements cost the database), on the private MariaDB."""
         out: dict[str, str] = {}
         for tool, options in (("inprocess", ["--hooks", "--profile"]), ("statements", [])):

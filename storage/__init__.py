@@ -3,7 +3,8 @@
 Imports neither Flask nor click: the HTTP layer (``db.py`` wires it into the app) and the CLI
 use it, and so can any script. ``open_store`` builds the store a ``DatabaseURL`` names:
 
-- ``model``: what the stores speak (Variable, Change, results, errors, name rules);
+- ``model``: what the stores speak (Variable, Change, results, errors, name rules, a time's
+  text);
 - ``url``: ``DATABASE_URL`` parsed;
 - ``dialect`` and ``queries``: each SQL dialect difference written once, and the statements and
   row mappers built over it;

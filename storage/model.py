@@ -1,4 +1,5 @@
-"""What the stores speak: variables, change-log entries, results, errors and the name rules."""
+"""What the stores speak: variables, change-log entries, results, errors, the name rules, and
+the text of a stored time."""
 
 from __future__ import annotations
 
