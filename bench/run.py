@@ -267,7 +267,7 @@ class Run:
             self.compare(mariadb)
         ours.stop()
         plain.stop()
-        if args.profile:
+        if args.profile or args.smoke:  # the smoke: a few requests, so that the tools keep working
             self.meta["one_client"] = self.one_client(mariadb)
         if args.matrix:
             self.matrix(mariadb)
@@ -349,7 +349,8 @@ class Run:
         apps called directly, the time inside each of our hooks, cProfile) and
         bench.statements (what our statements cost the database), on the private MariaDB."""
         out: dict[str, str] = {}
-        for tool, options in (("inprocess", ["--hooks", "--profile"]), ("statements", [])):
+        few = ["--requests", "40", "--rounds", "1"] if self.args.smoke else []
+        for tool, options in (("inprocess", ["--hooks", "--profile", *few]), ("statements", few)):
             self.log(f"one client: bench.{tool}")
             command = [sys.executable, "-m", f"bench.{tool}", mariadb.server_url, *options]
             done = subprocess.run(
