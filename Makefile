@@ -83,7 +83,7 @@ docker-run: docker-build
 	docker run --rm -p 5000:5000 -v var_keeper-data:/app/instance $(DOCKER_NETWORK) $(IMAGE)
 
 # The benchmark (bench/run.py): starts a private MariaDB, gunicorn, webdis and etcd on 127.0.0.1,
-# measures in one run (about 10 minutes) and writes bench/results/. bench-smoke is CI's few
+# measures in one run (about 13 minutes) and writes bench/results/. bench-smoke is CI's few
 # seconds of it, so that it cannot rot; it asserts no timing.
 .PHONY: bench bench-smoke bench-deps
 BENCH_PACKAGES := wrk mariadb-server mariadb-client redis-server webdis etcd-server

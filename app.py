@@ -42,7 +42,7 @@ import web
 class VarKeeper(Flask):
     """Flask, answering ``ensure_sync`` once per function: Flask asks it of every hook and view
     on every request (``inspect.iscoroutinefunction``, 8 times a GET here), which showed in
-    every request's profile (bench/results/profile-inprocess.txt). None of ours is async."""
+    every request's profile (``python -m bench.inprocess URL --profile``). None of ours is async."""
 
     # Hooks, views, handlers. Past this many, a new function is checked every time (none of ours
     # is made per request: they would stay recorded until then).

@@ -182,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="and where the time goes")
     parser.add_argument("--hooks", action="store_true", help="and what each hook of ours costs")
     args = parser.parse_args(argv)
+    if args.requests < 2 or args.rounds < 1:
+        parser.error("--requests must be at least 2 (a POST job has half) and --rounds at least 1")
     server_env = server_environ()
     if server_env != os.environ and not os.environ.get(
         "VK_INPROCESS_STARTED_AGAIN"
@@ -196,9 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     import plain_app
 
     import db
+    import watch
     from app import create_app
 
     app = create_app({"DATABASE_URL": f"{args.server_url}/{SCHEMA}"})
+    watch.stop_background(app)  # its sweeper's work would land in whichever job runs
     store = db.get_store(app)
     store.ensure_ready()
     try:
@@ -230,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         driver = "C extension" if mysql.connector.HAVE_CEXT else "pure Python"
         print(f"# mysql-connector: {driver} (ours and the plain app)")
         print(f"# us a request, median of {args.rounds} rounds of {n} (POST: {n // 2})")
+        if server is not None:  # /proc counts whole ticks
+            print(f"# database CPU in steps of {server.tick * 1e6 / (n // 2):.0f} us (POST)")
         print(f"{'job':<16} {'wall':>8} {'Python CPU':>11} {'database CPU':>13}")
         for job, costs in results.items():
             database = [cost.database for cost in costs if cost.database is not None]

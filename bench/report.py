@@ -388,9 +388,15 @@ def draw(data: dict[str, Any], path: Path) -> None:
 
 
 def smoke_problems(data: dict[str, Any]) -> list[str]:
-    """What makes the CI smoke run fail: a job that answered nothing, or only errors."""
+    """What makes the CI smoke run fail: a job that answered nothing; any error of ours; a
+    reference (the plain app, mysqlslap...) that failed more than 1 % of its requests. A
+    reference's rare error is not ours to fix and not the benchmark failing to run (the plain
+    app once answered one GET of 3,203 with an error status in CI): it is printed, not fatal."""
     problems = []
     for r in data["results"]:
-        if r["rps"] <= 0 or r["errors"] > 0:
+        ours = r["target"] == "var_keeper"
+        if r["rps"] <= 0 or (r["errors"] > (0 if ours else 0.01 * r.get("requests", 0))):
             problems.append(f"{r['target']} {r['job']} c={r['connections']}: {r}")
+        elif r["errors"]:
+            print(f"bench: note: {r['target']} {r['job']} c={r['connections']}: {r}")
     return problems

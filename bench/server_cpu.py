@@ -16,9 +16,15 @@ class ServerCpu:
     the file the server names (``@@pid_file``). All its threads count, so anything else it
     serves meanwhile counts too."""
 
+    SERVERS = ("mariadbd", "mysqld")
+    tick = 1 / os.sysconf("SC_CLK_TCK")  # the resolution of ``seconds()``
+
     def __init__(self, pid: int) -> None:
         self._stat = Path(f"/proc/{pid}/stat")
-        self._tick = os.sysconf("SC_CLK_TCK")
+        # A pid file of another server (a container's path that exists here too, a stale
+        # file whose pid was reused) must not pass for this one's.
+        if Path(f"/proc/{pid}/comm").read_text().strip() not in self.SERVERS:
+            raise ValueError(f"process {pid} is not a MySQL or MariaDB server")
 
     @classmethod
     def of(cls, cursor: Any) -> ServerCpu | None:
@@ -35,4 +41,4 @@ class ServerCpu:
     def seconds(self) -> float:
         # After the command's name, which may hold spaces: utime and stime (fields 14 and 15).
         fields = self._stat.read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / self._tick
+        return (int(fields[11]) + int(fields[12])) * self.tick

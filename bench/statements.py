@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
+    if args.requests < 1 or args.rounds < 1:
+        parser.error("--requests and --rounds must be at least 1")
     server_env = server_environ()
     if server_env != os.environ and not os.environ.get("VK_STATEMENTS_STARTED_AGAIN"):
         # the servers' driver, as bench.inprocess: start again in that environment
@@ -46,22 +48,61 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["PLAIN_DB_NAME"] = SCHEMA
     sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
     import mysql.connector
-    import plain_app
 
     import db
     import watch
     from app import create_app
-    from storage import queries
-    from storage.dialect import MYSQL
-    from storage.mysql.store import _UPSERT
 
     app = create_app({"DATABASE_URL": f"{args.server_url}/{SCHEMA}"})
     watch.stop_background(app)
     store = db.get_store(app)
-    store.ensure_ready()
-    store.put("k1", "hello world")
-    conn = store.connections.connect(SCHEMA)
-    cur = conn.cursor()
+    try:
+        store.ensure_ready()
+        store.put("k1", "hello world")
+        conn = store.connections.connect(SCHEMA)
+        try:
+            cur = conn.cursor()
+            jobs = _jobs(store, cur)
+            server = ServerCpu.of(cur)
+            costs: dict[str, list[tuple[float, float, float | None]]] = {job: [] for job in jobs}
+            for _ in range(args.rounds):
+                for job, send in jobs.items():
+                    costs[job].append(_cost(send, args.requests, server))
+        finally:
+            conn.close()
+    finally:
+        store.close()
+        dropper = store.connections.connect(None)
+        try:
+            dropper.cursor().execute(f"DROP DATABASE IF EXISTS `{SCHEMA}`")
+        finally:
+            dropper.close()
+    driver = "C extension" if mysql.connector.HAVE_CEXT else "pure Python"
+    print(f"# mysql-connector: {driver}; one client; us a request, median of {args.rounds}")
+    print(f"# rounds of {args.requests}")
+    if server is not None:  # /proc counts whole ticks
+        print(f"# database CPU in steps of {server.tick * 1e6 / args.requests:.0f} us")
+    print(f"{'statements':<52} {'database CPU':>12} {'client CPU':>10} {'wall':>7}")
+    for job, rounds in costs.items():
+        database = [d for _, _, d in rounds if d is not None]
+        print(
+            f"{job:<52} "
+            + (f"{statistics.median(database):12.1f}" if database else f"{'n/a':>12}")
+            + f" {statistics.median(c for _, c, _ in rounds):10.1f}"
+            + f" {statistics.median(w for w, _, _ in rounds):7.1f}"
+        )
+    return 0
+
+
+def _jobs(store: Any, cur: Any) -> dict[str, Callable[[], None]]:
+    """What to send, by what it shows: the store's own statements (storage/mysql/store.py,
+    storage/queries.py) and the plain app's (bench/plain_app.py)."""
+    import plain_app
+
+    from storage import queries
+    from storage.dialect import MYSQL
+    from storage.mysql.store import _UPSERT
+
     fresh = itertools.count()
 
     def batch(*statements: tuple[str, tuple[Any, ...]]) -> Callable[[], None]:
@@ -90,15 +131,16 @@ def main(argv: list[str] | None = None) -> int:
     our_upsert = (_UPSERT, ("{name}", "v", None, "{name}"))
     log_entry = (queries.log_set(MYSQL), (None, None, "{name}"))
     # The version a new name starts from, without looking up its history.
-    no_lookup = _UPSERT.replace("COALESCE(MAX(version), 0) + 1", "1").replace(
-        "FROM var_changes WHERE name = %s", "FROM DUAL"
-    )
+    lookup, source = "COALESCE(MAX(version), 0) + 1", "FROM var_changes WHERE name = %s"
+    if lookup not in _UPSERT or source not in _UPSERT:
+        raise SystemExit("bench.statements: the store's upsert changed; update 'no lookup'")
+    no_lookup = _UPSERT.replace(lookup, "1").replace(source, "FROM DUAL")
     bare_log_row = (
         "INSERT INTO var_changes (name, version, op, value, changed_at) "
         "VALUES (%s, 1, 'set', %s, UTC_TIMESTAMP(6))",
         ("{name}", "v"),
     )
-    jobs: dict[str, Callable[[], None]] = {
+    return {
         "POST: the plain app's upsert (autocommit)": batch(plain_upsert),
         "POST: the same in START TRANSACTION .. COMMIT": batch(start, plain_upsert, commit),
         "POST: the same and a bare log row, one transaction": batch(
@@ -114,33 +156,6 @@ def main(argv: list[str] | None = None) -> int:
         "GET: our SELECT value, version (live)": read(queries.get_value(MYSQL)),
         "GET: ours through the store (get_value)": lambda: store.get_value("k1"),
     }
-    server = ServerCpu.of(cur)
-    costs: dict[str, list[tuple[float, float, float | None]]] = {job: [] for job in jobs}
-    try:
-        for _ in range(args.rounds):
-            for job, send in jobs.items():
-                costs[job].append(_cost(send, args.requests, server))
-        driver = "C extension" if mysql.connector.HAVE_CEXT else "pure Python"
-        print(f"# mysql-connector: {driver}; one client; us a request, median of {args.rounds}")
-        print(f"# rounds of {args.requests}")
-        print(f"{'statements':<52} {'database CPU':>12} {'client CPU':>10} {'wall':>7}")
-        for job, rounds in costs.items():
-            database = [d for _, _, d in rounds if d is not None]
-            print(
-                f"{job:<52} "
-                + (f"{statistics.median(database):12.1f}" if database else f"{'n/a':>12}")
-                + f" {statistics.median(c for _, c, _ in rounds):10.1f}"
-                + f" {statistics.median(w for w, _, _ in rounds):7.1f}"
-            )
-    finally:
-        conn.close()
-        store.close()
-        dropper = store.connections.connect(None)
-        try:
-            dropper.cursor().execute(f"DROP DATABASE IF EXISTS `{SCHEMA}`")
-        finally:
-            dropper.close()
-    return 0
 
 
 def _cost(
