@@ -41,7 +41,7 @@ from flask import Flask
 from werkzeug.test import EnvironBuilder
 
 from bench.server_cpu import ServerCpu
-from bench.services import ROOT, server_environ
+from bench.services import ROOT, close_and_drop, server_environ
 
 SCHEMA = "vk_inprocess"
 
@@ -258,12 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                     self_time_by_module(plain[0], plain[1]()),
                 )
     finally:
-        store.close()
-        conn = store.connections.connect(None)
-        try:
-            conn.cursor().execute(f"DROP DATABASE IF EXISTS `{SCHEMA}`")
-        finally:
-            conn.close()
+        close_and_drop(store, SCHEMA)
     return 0
 
 

@@ -74,6 +74,17 @@ def need(program: str) -> str:
     return path
 
 
+def close_and_drop(store: Any, schema: str) -> None:
+    """Close the app's ``store`` and drop its database ``schema`` (bench.inprocess and
+    bench.statements make one each)."""
+    store.close()
+    conn = store.connections.connect(None)
+    try:
+        conn.cursor().execute(f"DROP DATABASE IF EXISTS `{schema}`")
+    finally:
+        conn.close()
+
+
 class Process:
     """A child process with its output in a log file; stopped by its own PID."""
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.server_cpu import ServerCpu
-from bench.services import ROOT, server_environ
+from bench.services import ROOT, close_and_drop, server_environ
 
 SCHEMA = "vk_statements"
 
@@ -71,12 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             conn.close()
     finally:
-        store.close()
-        dropper = store.connections.connect(None)
-        try:
-            dropper.cursor().execute(f"DROP DATABASE IF EXISTS `{SCHEMA}`")
-        finally:
-            dropper.close()
+        close_and_drop(store, SCHEMA)
     driver = "C extension" if mysql.connector.HAVE_CEXT else "pure Python"
     print(f"# mysql-connector: {driver}; one client; us a request, median of {args.rounds}")
     print(f"# rounds of {args.requests}")

@@ -136,6 +136,21 @@ def scratch_database(server_url: str) -> Iterator[str]:
             conn.close()
 
 
+def create_database(url: str, *statements: str) -> None:
+    """Create the database ``url`` names and run ``statements`` in it: tables as the tutorial
+    or an earlier release left them, for the upgrade tests."""
+    server, _, database = url.rpartition("/")
+    conn = server_connection(server)
+    try:
+        cur = conn.cursor()
+        cur.execute(f"CREATE DATABASE `{database}`")
+        cur.execute(f"USE `{database}`")
+        for statement in statements:
+            cur.execute(statement)
+    finally:
+        conn.close()
+
+
 def empty_var_tables(url: str) -> None:
     """Delete every row of the app's tables in the database ``url`` names, if they exist."""
     server, _, database = url.rpartition("/")

@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 import db
 from app import create_app
 from tests.forms import with_csrf
-from tests.servers import scratch_database, server_connection
+from tests.servers import create_database, scratch_database
 
 JSON = {"Accept": "application/json"}
 
@@ -300,19 +300,15 @@ def test_a_sqlite_database_of_the_previous_version_upgrades_in_place(tmp_path: P
 
 def test_a_mysql_database_of_the_previous_version_upgrades_in_place(mysql_server: str):
     with scratch_database(mysql_server) as url:
-        server, _, database = url.rpartition("/")
-        conn = server_connection(server)
-        cur = conn.cursor()
-        cur.execute(f"CREATE DATABASE `{database}`")
-        cur.execute(
-            f"CREATE TABLE `{database}`.vars (name VARBINARY(1020) NOT NULL PRIMARY KEY, "
+        create_database(
+            url,
+            "CREATE TABLE vars (name VARBINARY(1020) NOT NULL PRIMARY KEY, "
             "value LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL, "
             "version BIGINT UNSIGNED NOT NULL DEFAULT 1, "
             "created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), "
-            "updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6))"
+            "updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6))",
+            "INSERT INTO vars (name, value, version) VALUES ('a', 'kept', 4)",
         )
-        cur.execute(f"INSERT INTO `{database}`.vars (name, value, version) VALUES ('a', 'kept', 4)")
-        conn.close()
         app = create_app({"TESTING": True, "DATABASE_URL": url})
         client = app.test_client()
         assert client.get("/var/a").data == b"kept"

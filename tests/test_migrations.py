@@ -12,7 +12,7 @@ import db
 from storage import migrations
 from storage.mysql import MySQLStore, schema
 from storage.sqlite import STEPS as SQLITE_STEPS
-from tests.servers import scratch_database, server_connection
+from tests.servers import create_database, scratch_database, server_connection
 
 
 def open_store(url: str) -> db.Store:
@@ -122,15 +122,15 @@ def test_a_tutorial_table_with_a_nameless_row_is_not_rekeyed_until_the_row_is_de
     """Step 7 makes name the primary key; a row without a name (which the tutorial's table
     allowed) stops it with a message saying what to do, and nothing is deleted."""
     with scratch_database(mysql_server) as url:
+        create_database(
+            url,
+            "CREATE TABLE vars (id INT AUTO_INCREMENT PRIMARY KEY, "
+            "name VARCHAR(100), value VARCHAR(100), UNIQUE (name))",
+            "INSERT INTO vars (name, value) VALUES ('a', '1'), (NULL, 'x')",
+        )
         server, _, database = url.rpartition("/")
         conn = server_connection(server)
         cur = conn.cursor()
-        cur.execute(f"CREATE DATABASE `{database}`")
-        cur.execute(
-            f"CREATE TABLE `{database}`.vars (id INT AUTO_INCREMENT PRIMARY KEY, "
-            "name VARCHAR(100), value VARCHAR(100), UNIQUE (name))"
-        )
-        cur.execute(f"INSERT INTO `{database}`.vars (name, value) VALUES ('a', '1'), (NULL, 'x')")
         store = open_store(url)
         with pytest.raises(db.StoreUnavailable, match=r"1 row\(s\) without a name"):
             store.ensure_ready()
