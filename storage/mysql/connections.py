@@ -1,16 +1,16 @@
-"""MySQL/MariaDB connections: failover across hosts, Galera readiness, the driver's errors.
+"""MySQL/MariaDB connections: failover across hosts, Galera readiness, the pool's leases.
 
 A store's statements all go through ``MySQLConnections``: ``query`` (a read, retried once on a
 lost connection), ``execute`` (one write statement) and ``transaction`` (several), the last two
 retried as a whole when the server says it applied nothing (a deadlock, a Galera certification
 conflict, a node not ready). With several hosts in ``DATABASE_URL`` a process connects to the
 first that is ready, skips one that failed lately, and goes back to the first once it is back.
+What each driver error means, and the retrying, are in ``storage.mysql.errors``.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import select
 import sys
 import time
@@ -22,6 +22,20 @@ from typing import Any, TypeVar
 from storage import deadline
 from storage.model import OutOfSpace, StoreUnavailable
 from storage.mysql.driver import cursor_class, mysql
+from storage.mysql.errors import (
+    CONFLICT,
+    CONNECTION_LOST,
+    FILE_ERRORS,
+    NODE_NOT_READY,
+    OUT_OF_SPACE,
+    TIMEOUTS,
+    ConnectionLost,
+    NotApplied,
+    describe,
+    enospc,
+    retrying,
+    roll_back,
+)
 from storage.pool import ConnectionPool
 from storage.url import DatabaseURL
 
@@ -37,48 +51,9 @@ MYSQL_COLLATION = "utf8mb4_unicode_ci"
 MYSQL_SQL_MODE = ",".join(
     ("STRICT_ALL_TABLES", "NO_ZERO_IN_DATE", "NO_ZERO_DATE", "NO_ENGINE_SUBSTITUTION")
 )
-
-
-class ConnectionLost(StoreUnavailable):
-    """The connection broke under a statement."""
-
-
-class NotApplied(StoreUnavailable):
-    """The server rolled the statement back or refused to run it: it changed nothing, so it may
-    run again. A Galera certification conflict (or an InnoDB deadlock), a node not ready."""
-
-
-# on wait_timeout before closing).
-_CONNECTION_LOST = {2006, 2013, 2055, 1927, 4031, 1053}
-_TIMEOUTS = {1205, 3024, 1969}  # lock wait timeout; MySQL / MariaDB statement time limit
-# The client's own timeouts (no answer within DATABASE_TIMEOUT; errno 3024 too): the statement
-# may still be running and its answer still on its way, so the connection is out of step. The
-# driver leaves it open, whatever its message says (it tests for the builtin TimeoutError).
-_CLIENT_TIMEOUTS = (
-    mysql.connector.errors.ReadTimeoutError,
-    mysql.connector.errors.WriteTimeoutError,
-)
-# Out of disk space: 1114 "The table is full" (InnoDB cannot extend a tablespace), 1021 "Disk
-# full"; and file errors (3 "Error writing file", 1030 "Got error from storage engine") when
-# their OS error is 28, ENOSPC. The statement is rolled back; the connection stays usable.
-_OUT_OF_SPACE = {1114, 1021}
-_FILE_ERRORS = {3, 1030}
 # Run on every new connection; the value is an int computed from DATABASE_TIMEOUT, never input.
 _LOCK_WAIT_SQL = "SET SESSION innodb_lock_wait_timeout = {seconds}, lock_wait_timeout = {seconds}"
 
-# Several hosts (a Galera cluster, or primaries behind failover): errors that mean the statement
-# changed nothing and may run again. 1213: a deadlock, or on Galera a certification conflict at
-# commit (another node's write to the same row won); the transaction was rolled back. 1047:
-# "WSREP has not yet prepared node for application use", refused before it ran.
-CONFLICT = 1213
-_NODE_NOT_READY = 1047
-# Then 503. Measured on the 3-node test cluster, 24 writers of one row spread over the nodes:
-# 2.6 % of the writes conflicted 6 times in a row, 0.14 % 10 times (12 writers: none).
-_WRITE_ATTEMPTS = 10
-# Before retry n: a random fraction of min(_BACKOFF_SECONDS * 2**n, _BACKOFF_MAX_SECONDS), so at
-# most 2.6 s of waiting in all, well within DATABASE_TIMEOUT's default 10 s.
-_BACKOFF_SECONDS = 0.01
-_BACKOFF_MAX_SECONDS = 0.5
 _HOST_DOWN_SECONDS = 5.0  # a host that failed is tried last for this long
 # A connection to any host but the first is closed after this long, so that a process goes back
 # to its first host once that host is back (the hosts' order is the operator's preference).
@@ -285,19 +260,19 @@ class MySQLConnections:
                     lease.broken = True
                 if errno == CONFLICT:  # rolled back; the connection is fine
                     raise NotApplied(describe(exc)) from exc
-                if errno == _NODE_NOT_READY:  # this node left the cluster's primary component
+                if errno == NODE_NOT_READY:  # this node left the cluster's primary component
                     lease.broken = True
                     self._mark_down(self._host_of.get(lease.conn, (0, 0.0))[0])
                     raise NotApplied(describe(exc)) from exc
-                if errno in _CONNECTION_LOST or isinstance(exc, self.errors.InterfaceError):
+                if errno in CONNECTION_LOST or isinstance(exc, self.errors.InterfaceError):
                     lease.broken = True
                     self._mark_down(self._host_of.get(lease.conn, (0, 0.0))[0])
                     raise ConnectionLost(describe(exc)) from exc
-                if errno in _OUT_OF_SPACE or (errno in _FILE_ERRORS and _enospc(exc)):
+                if errno in OUT_OF_SPACE or (errno in FILE_ERRORS and enospc(exc)):
                     raise OutOfSpace(
                         f"the database is out of disk space ({describe(exc)})"
                     ) from exc
-                if errno in _TIMEOUTS:
+                if errno in TIMEOUTS:
                     lease.broken = True  # the statement may still hold the connection busy
                     deadline.remaining()  # the request's deadline cut the wait: say so
                     raise StoreUnavailable(f"the database timed out ({describe(exc)})") from exc
@@ -410,40 +385,6 @@ class MySQLConnections:
         return retrying(once) if retried else once()
 
 
-def roll_back(cur: Any, exc: BaseException) -> None:
-    """Roll back the transaction ``exc`` interrupted, on its connection. Not when the client
-    gave up waiting for an answer (``_CLIENT_TIMEOUTS``): a ROLLBACK sent then would wait
-    DATABASE_TIMEOUT again (in a stalled network a write took twice the timeout), or take the
-    late answer of the statement before it for its own. That connection is closed instead (the
-    error breaks the lease), which rolls the transaction back on the server just the same."""
-    if isinstance(exc, _CLIENT_TIMEOUTS):
-        return
-    # Past the request's deadline too (``DeadlineExceeded``: raised before a statement was
-    # sent, so the connection is in step): one round trip keeps the connection, where closing
-    # it would cost the next request a new one (several round trips on a slow link).
-    with deadline.bounded(None):
-        cur.execute("ROLLBACK")  # fails only on a broken connection: closed
-
-
-def retrying(attempt: Callable[[], _T]) -> _T:
-    """Run a write. One the server rolled back or refused (``NotApplied``: a deadlock, a Galera
-    certification conflict, a node not ready) changed nothing, so it runs again, up to
-    _WRITE_ATTEMPTS times with jittered exponential backoff, then StoreUnavailable (503)."""
-    for number in range(1, _WRITE_ATTEMPTS + 1):
-        try:
-            return attempt()
-        except NotApplied as exc:
-            if number == _WRITE_ATTEMPTS:
-                raise StoreUnavailable(
-                    f"a write was rolled back {number} times in a row ({exc})"
-                ) from exc
-            log.info("write retried (attempt %d of %d): %s", number + 1, _WRITE_ATTEMPTS, exc)
-            # Jitter: writers that collided once must not retry in step. Not for security.
-            backoff = min(_BACKOFF_SECONDS * 2**number, _BACKOFF_MAX_SECONDS)
-            time.sleep(random.uniform(0, backoff))  # noqa: S311
-    raise AssertionError("unreachable")
-
-
 def _gevent_sockets() -> bool:
     """Whether gevent has patched the socket module (gunicorn's gevent worker does)."""
     monkey = sys.modules.get("gevent.monkey")
@@ -465,16 +406,3 @@ def _idle_alive(conn: Any, last_used: float) -> bool:
     except (OSError, ValueError):
         return False
     return not readable
-
-
-def _enospc(exc: Exception) -> bool:
-    msg = str(getattr(exc, "msg", exc))
-    return any(sign in msg for sign in ("No space left", "Errcode: 28", "errno: 28", "error 28 "))
-
-
-def describe(exc: Exception) -> str:
-    """A one-line account of a driver error, without anything secret."""
-    errno = getattr(exc, "errno", None)
-    msg = getattr(exc, "msg", None) or str(exc)
-    text = f"{errno}: {msg}" if errno else msg
-    return " ".join(text.split())

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from storage.mysql.connections import MySQLConnections, NotApplied
+from storage.mysql.connections import MySQLConnections
+from storage.mysql.errors import NotApplied
 
 # Entries given a seq at a time: one short transaction, one UPDATE of at most this many rows.
 SEQUENCE_BATCH = 1000

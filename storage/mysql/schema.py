@@ -17,15 +17,8 @@ from mysql.connector import errors
 from storage import migrations
 from storage.migrations import CREATED, MIGRATED, UP_TO_DATE, Step
 from storage.model import NAME_COLUMN_BYTES, StoreUnavailable
-from storage.mysql.connections import (
-    CONFLICT,
-    MYSQL_CHARSET,
-    MYSQL_COLLATION,
-    MySQLConnections,
-    NotApplied,
-    describe,
-    retrying,
-)
+from storage.mysql.connections import MYSQL_CHARSET, MYSQL_COLLATION, MySQLConnections
+from storage.mysql.errors import CONFLICT, NotApplied, describe, retrying
 
 log = logging.getLogger("var_keeper.db")
 

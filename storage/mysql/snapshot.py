@@ -20,7 +20,8 @@ from typing import Any
 from storage import queries
 from storage.dialect import MYSQL
 from storage.mysql import numbering
-from storage.mysql.connections import MySQLConnections, retrying
+from storage.mysql.connections import MySQLConnections
+from storage.mysql.errors import retrying
 from storage.snapshot import Snapshot
 
 
