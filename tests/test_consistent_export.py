@@ -99,6 +99,14 @@ def settled_head(store: db.Store) -> int:
     return head
 
 
+def after_a_change(store: db.Store, seq: int, timeout: float = 30.0) -> None:
+    """Wait until a change past ``seq`` has its seq (the writers are running)."""
+    deadline = time.monotonic() + timeout
+    while store.numbered_last_seq() <= seq:
+        assert time.monotonic() < deadline, f"no change after seq {seq} within {timeout} s"
+        time.sleep(0.001)
+
+
 def state_at(store: db.Store, seq: int) -> dict[str, str]:
     """Every variable's value after the changes up to ``seq`` (none were pruned)."""
     state: dict[str, str] = {}
@@ -115,8 +123,13 @@ def state_at(store: db.Store, seq: int) -> dict[str, str]:
 
 def test_exports_taken_while_clients_write_show_a_state_that_existed(app, tmp_path: Path):
     store = ready(app)
+    exports: list[dict[str, Any]] = []
     with cycling_writers(store):
-        exports = [export(app, tmp_path / f"e{n}.json") for n in range(20)]
+        for n in range(20):
+            # A change after the previous export's, so that each export has a later position
+            # to record (on a busy machine two exports once fell between the same two writes).
+            after_a_change(store, exports[-1]["seq"] if exports else 0)
+            exports.append(export(app, tmp_path / f"e{n}.json"))
     seqs = [data["seq"] for data in exports]
     assert seqs == sorted(set(seqs))  # each one taken while the writers wrote
     for data in exports:
